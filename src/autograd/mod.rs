@@ -1,0 +1,296 @@
+//! Define-by-run reverse mode. An op result remembers its `Op` (inputs + whatever the backward
+//! needs) only when an input requires a gradient and recording is on, so scoring without
+//! gradients pays nothing. `backward` walks the graph in reverse topological order and applies
+//! one short rule per primitive, all in the table in `backward_rule`. First order only: the
+//! rules run with recording off (DistPro's second-order term is a finite difference by design).
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::backend::{
+    BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, Storage, UnaryOp,
+};
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, TensorId};
+
+thread_local! {
+    static RECORDING: Cell<bool> = const { Cell::new(true) };
+}
+
+pub fn is_recording() -> bool {
+    RECORDING.with(|r| r.get())
+}
+
+/// Turns recording off until dropped (evaluation, teacher forward passes, optimiser steps).
+pub struct NoGradGuard {
+    previous: bool,
+}
+
+pub fn no_grad() -> NoGradGuard {
+    let previous = RECORDING.with(|r| r.replace(false));
+    NoGradGuard { previous }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        RECORDING.with(|r| r.set(self.previous));
+    }
+}
+
+/// What each primitive keeps for its backward rule.
+pub(crate) enum Op {
+    Unary { op: UnaryOp, x: Tensor },
+    Binary { op: BinaryOp, a: Tensor, b: Tensor },
+    Reshape { x: Tensor },
+    Permute { x: Tensor, perm: Vec<usize> },
+    Concat { parts: Vec<Tensor>, dim: usize },
+    Narrow { x: Tensor, dim: usize, start: usize },
+    Matmul { a: Tensor, b: Tensor, g: MatmulGeom },
+    Conv2d { x: Tensor, w: Tensor, g: Conv2dGeom },
+    Pool2d { kind: PoolKind, x: Tensor, g: Pool2dGeom },
+    AdaptiveAvgPool2d { x: Tensor, g: ResizeGeom },
+    Interpolate { mode: InterpMode, x: Tensor, g: ResizeGeom },
+    BatchNormTrain { x: Tensor, gamma: Tensor, beta: Tensor, mean: Storage, invstd: Storage, g: NormGeom },
+    LayerNorm { x: Tensor, gamma: Tensor, beta: Tensor, mean: Storage, invstd: Storage, g: NormGeom },
+    Softmax { x: Tensor, g: DimGeom, log: bool },
+    CrossEntropy { logits: Tensor, labels: Arc<[u32]> },
+    KlDiv { log_q: Tensor, p: Tensor },
+    /// Sum over one dim, keeping it with size 1.
+    Sum { x: Tensor },
+    /// Max over one dim, keeping it with size 1.
+    Max { x: Tensor, dim: usize },
+    Normalize { x: Tensor, dim: usize, eps: f32 },
+}
+
+impl Op {
+    pub(crate) fn inputs(&self) -> Vec<&Tensor> {
+        match self {
+            Op::Unary { x, .. }
+            | Op::Reshape { x }
+            | Op::Permute { x, .. }
+            | Op::Narrow { x, .. }
+            | Op::Pool2d { x, .. }
+            | Op::AdaptiveAvgPool2d { x, .. }
+            | Op::Interpolate { x, .. }
+            | Op::Softmax { x, .. }
+            | Op::Sum { x, .. }
+            | Op::Max { x, .. }
+            | Op::Normalize { x, .. } => vec![x],
+            Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::Binary { a, b, .. } | Op::Matmul { a, b, .. } => vec![a, b],
+            Op::Conv2d { x, w, .. } => vec![x, w],
+            Op::KlDiv { log_q, p } => vec![log_q, p],
+            Op::BatchNormTrain { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            Op::Concat { parts, .. } => parts.iter().collect(),
+        }
+    }
+}
+
+/// Gradients keyed by tensor id.
+#[derive(Default)]
+pub struct Grads(HashMap<TensorId, Tensor>);
+
+impl Grads {
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.0.get(&t.id())
+    }
+    /// The gradient of `t`, or an error naming it when `t` did not reach the loss.
+    pub fn of(&self, t: &Tensor) -> Result<&Tensor> {
+        self.get(t).ok_or_else(|| Error::invalid("grad", format!("no gradient for tensor of shape {}: it does not reach the loss or does not require grad", t.shape())))
+    }
+    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.0.remove(&t.id())
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Reverse-mode sweep from a scalar `root`.
+pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
+    if root.numel() != 1 {
+        return Err(Error::shape("backward", format!("the loss must have one element, got shape {}", root.shape())));
+    }
+    if !root.requires_grad() {
+        return Err(Error::invalid("backward", "the loss does not depend on any tensor that requires grad"));
+    }
+    let _guard = no_grad();
+    let order = topological_order(root);
+    let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+    grads.insert(root.id(), Tensor::ones(root.shape().clone(), root.device())?);
+    for node in order.iter().rev() {
+        let Some(op) = node.op() else { continue };
+        let Some(grad) = grads.get(&node.id()).cloned() else { continue };
+        let input_grads = backward_rule(op, node, &grad)?;
+        // Intermediate gradients are dropped once used; leaves keep theirs.
+        grads.remove(&node.id());
+        for (input, g) in op.inputs().into_iter().zip(input_grads) {
+            let Some(g) = g else { continue };
+            if !input.requires_grad() {
+                continue;
+            }
+            debug_assert_eq!(g.dims(), input.dims(), "gradient shape for op input");
+            let acc = match grads.remove(&input.id()) {
+                Some(prev) => prev.add(&g)?,
+                None => g,
+            };
+            grads.insert(input.id(), acc);
+        }
+    }
+    Ok(Grads(grads))
+}
+
+/// Tensors reachable from root through tracked ops, inputs before outputs (iterative DFS, so
+/// deep networks cannot overflow the stack).
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        stack.push((t.clone(), true));
+        if let Some(op) = t.op() {
+            for input in op.inputs() {
+                if input.requires_grad() && !seen.contains(&input.id()) {
+                    stack.push((input.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}
+
+fn wrap(s: Storage, like: &Tensor) -> Tensor {
+    Tensor::from_storage(s, like.shape().clone())
+}
+
+/// The backward table: for output `y = op(inputs)` with upstream gradient `dy`, the gradient of
+/// each input (None where an input takes none). One arm per primitive.
+fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    let be = y.backend();
+    let dys = dy.storage();
+    Ok(match op {
+        Op::Unary { op, x } => vec![Some(wrap(be.unary_backward(*op, &x.storage(), &y.storage(), &dys)?, x))],
+        Op::Binary { op, a, b } => {
+            // d(a∘b): elementwise rule, then sum over the dims each operand was broadcast along.
+            let (ga, gb) = match op {
+                BinaryOp::Add => (dy.clone(), dy.clone()),
+                BinaryOp::Sub => (dy.clone(), dy.neg()?),
+                BinaryOp::Mul => (dy.mul(b)?, dy.mul(a)?),
+                BinaryOp::Div => {
+                    let ga = dy.div(b)?;
+                    (ga.clone(), ga.mul(y)?.neg()?)
+                }
+            };
+            vec![Some(ga.sum_to_shape(a.shape())?), Some(gb.sum_to_shape(b.shape())?)]
+        }
+        Op::Reshape { x } => vec![Some(dy.reshape(x.shape().clone())?)],
+        Op::Permute { x: _, perm } => {
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            vec![Some(dy.permute(&inverse)?)]
+        }
+        Op::Concat { parts, dim } => {
+            let mut start = 0;
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                let len = p.dims()[*dim];
+                out.push(Some(dy.narrow(*dim, start, len)?));
+                start += len;
+            }
+            out
+        }
+        Op::Narrow { x, dim, start } => {
+            // Zero-pad dy back to x's extent along dim.
+            let len = dy.dims()[*dim];
+            let total = x.dims()[*dim];
+            let mut parts = Vec::new();
+            let piece = |n: usize| {
+                let mut d = x.dims().to_vec();
+                d[*dim] = n;
+                Tensor::zeros(d, x.device())
+            };
+            if *start > 0 {
+                parts.push(piece(*start)?);
+            }
+            parts.push(dy.clone());
+            if start + len < total {
+                parts.push(piece(total - start - len)?);
+            }
+            vec![Some(Tensor::concat(&parts.iter().collect::<Vec<_>>(), *dim)?)]
+        }
+        Op::Matmul { a, b, g } => {
+            // C = op(A)·op(B). dA = dC·op(B)ᵀ (stored transposed when trans_a), dB = op(A)ᵀ·dC.
+            let (sa, sb) = (a.storage(), b.storage());
+            let da = if g.trans_a {
+                // A stored [k, m]: dA = op(B)·dCᵀ.
+                be.matmul(&sb, &dys, &MatmulGeom { batch: g.batch, m: g.k, k: g.n, n: g.m, trans_a: g.trans_b, trans_b: true, a_broadcast: g.b_broadcast, b_broadcast: false })?
+            } else {
+                be.matmul(&dys, &sb, &MatmulGeom { batch: g.batch, m: g.m, k: g.n, n: g.k, trans_a: false, trans_b: !g.trans_b, a_broadcast: false, b_broadcast: g.b_broadcast })?
+            };
+            let db = if g.trans_b {
+                // B stored [n, k]: dB = dCᵀ·op(A).
+                be.matmul(&dys, &sa, &MatmulGeom { batch: g.batch, m: g.n, k: g.m, n: g.k, trans_a: true, trans_b: g.trans_a, a_broadcast: false, b_broadcast: g.a_broadcast })?
+            } else {
+                be.matmul(&sa, &dys, &MatmulGeom { batch: g.batch, m: g.k, k: g.m, n: g.n, trans_a: !g.trans_a, trans_b: false, a_broadcast: g.a_broadcast, b_broadcast: false })?
+            };
+            // A broadcast operand receives the sum over the batch.
+            let reduce_batch = |s: Storage, per: usize, broadcast: bool| -> Result<Storage> {
+                if broadcast && g.batch > 1 {
+                    be.reduce_sum(&s, DimGeom { outer: 1, len: g.batch, inner: per })
+                } else {
+                    Ok(s)
+                }
+            };
+            let da = reduce_batch(da, g.m * g.k, g.a_broadcast)?;
+            let db = reduce_batch(db, g.k * g.n, g.b_broadcast)?;
+            vec![Some(wrap(da, a)), Some(wrap(db, b))]
+        }
+        Op::Conv2d { x, w, g } => {
+            let dx = be.conv2d_backward_data(&dys, &w.storage(), g)?;
+            let dw = be.conv2d_backward_weight(&x.storage(), &dys, g)?;
+            vec![Some(wrap(dx, x)), Some(wrap(dw, w))]
+        }
+        Op::Pool2d { kind, x, g } => vec![Some(wrap(be.pool2d_backward(*kind, &x.storage(), &dys, g)?, x))],
+        Op::AdaptiveAvgPool2d { x, g } => vec![Some(wrap(be.adaptive_avg_pool2d_backward(&dys, g)?, x))],
+        Op::Interpolate { mode, x, g } => vec![Some(wrap(be.interpolate_backward(*mode, &dys, g)?, x))],
+        Op::BatchNormTrain { x, gamma, beta, mean, invstd, g } => {
+            let (dx, dg, db) = be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
+            vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]
+        }
+        Op::LayerNorm { x, gamma, beta, mean, invstd, g } => {
+            let (dx, dg, db) = be.layer_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
+            vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]
+        }
+        Op::Softmax { x, g, log } => vec![Some(wrap(be.softmax_backward(&y.storage(), &dys, *g, *log)?, x))],
+        Op::CrossEntropy { logits, labels } => {
+            let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
+            vec![Some(wrap(be.cross_entropy_backward(&logits.storage(), labels, &dys, rows, classes)?, logits))]
+        }
+        Op::KlDiv { log_q, p } => {
+            let (dq, dp) = be.kl_div_backward(&log_q.storage(), &p.storage(), &dys, log_q.dims()[0])?;
+            vec![Some(wrap(dq, log_q)), Some(wrap(dp, p))]
+        }
+        Op::Sum { x } => vec![Some(dy.broadcast_to(x.shape())?)],
+        Op::Max { x, dim } => {
+            let g = DimGeom::new(x.dims(), *dim);
+            vec![Some(wrap(be.reduce_max_backward(&x.storage(), &dys, g)?, x))]
+        }
+        Op::Normalize { x, dim, eps } => {
+            let g = DimGeom::new(x.dims(), *dim);
+            vec![Some(wrap(be.normalize_backward(&x.storage(), &dys, g, *eps)?, x))]
+        }
+    })
+}

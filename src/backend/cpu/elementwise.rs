@@ -1,0 +1,211 @@
+//! Elementwise ops: activations and their derivatives, broadcasting arithmetic, fused SGD.
+//! Large tensors are split into chunks across the rayon pool; each chunk is a straight loop.
+
+use rayon::prelude::*;
+
+use super::PAR_MIN_ELEMS;
+use crate::backend::{BinaryOp, SgdStep, UnaryOp};
+
+const CHUNK: usize = 1 << 14;
+
+/// out[i] = f(i-th inputs), in parallel chunks when large.
+fn map_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() < PAR_MIN_ELEMS {
+        f(0, out);
+    } else {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
+    }
+}
+
+fn softplus(x: f32) -> f32 {
+    // log(1+e^x) without overflow; PyTorch switches to x above 20 as well.
+    if x > 20.0 { x } else { x.exp().ln_1p() }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+#[inline(always)]
+fn unary_one(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Relu6 => x.clamp(0.0, 6.0),
+        UnaryOp::LeakyRelu(s) => if x > 0.0 { x } else { s * x },
+        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erff(x * INV_SQRT2)),
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Mish => x * softplus(x).tanh(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Pow(p) => {
+            if p == 2.0 { x * x } else { x.powf(p) }
+        }
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Affine { mul, add } => x * mul + add,
+        UnaryOp::ClampMin(lo) => x.max(lo),
+    }
+}
+
+/// d op(x)/dx, from x or y = op(x), whichever is cheaper.
+#[inline(always)]
+fn unary_grad(op: UnaryOp, x: f32, y: f32) -> f32 {
+    match op {
+        UnaryOp::Relu => (x > 0.0) as u32 as f32,
+        UnaryOp::Relu6 => (x > 0.0 && x < 6.0) as u32 as f32,
+        UnaryOp::LeakyRelu(s) => if x > 0.0 { 1.0 } else { s },
+        UnaryOp::Gelu => {
+            let cdf = 0.5 * (1.0 + libm::erff(x * INV_SQRT2));
+            let pdf = (-0.5 * x * x).exp() * (INV_SQRT2 * std::f32::consts::FRAC_2_SQRT_PI * 0.5);
+            cdf + x * pdf
+        }
+        UnaryOp::Sigmoid => y * (1.0 - y),
+        UnaryOp::Tanh => 1.0 - y * y,
+        UnaryOp::Mish => {
+            let tsp = softplus(x).tanh();
+            tsp + x * (1.0 - tsp * tsp) * sigmoid(x)
+        }
+        UnaryOp::Exp => y,
+        UnaryOp::Log => 1.0 / x,
+        UnaryOp::Sqrt => 0.5 / y,
+        UnaryOp::Pow(p) => {
+            if p == 2.0 { 2.0 * x } else { p * x.powf(p - 1.0) }
+        }
+        UnaryOp::Abs => {
+            if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }
+        }
+        UnaryOp::Affine { mul, .. } => mul,
+        UnaryOp::ClampMin(lo) => (x > lo) as u32 as f32,
+    }
+}
+
+pub fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    map_chunks(&mut out, |off, o| {
+        for (o, &x) in o.iter_mut().zip(&x[off..]) {
+            *o = unary_one(op, x);
+        }
+    });
+    out
+}
+
+pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    map_chunks(&mut out, |off, o| {
+        for (i, o) in o.iter_mut().enumerate() {
+            let j = off + i;
+            *o = dy[j] * unary_grad(op, x[j], y[j]);
+        }
+    });
+    out
+}
+
+#[inline(always)]
+fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+    }
+}
+
+/// Row-major strides of `dims`, with 0 where the dim is broadcast (size 1 against a larger out).
+fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; dims.len()];
+    let mut s = 1;
+    for i in (0..dims.len()).rev() {
+        strides[i] = if dims[i] == 1 && out[i] != 1 { 0 } else { s };
+        s *= dims[i];
+    }
+    strides
+}
+
+/// Broadcasting binary op. Fast paths: equal shapes, and a scalar operand; otherwise the
+/// innermost dim runs as a straight (possibly constant-stride) loop per output row.
+pub fn binary(op: BinaryOp, a: &[f32], a_dims: &[usize], b: &[f32], b_dims: &[usize], out_dims: &[usize]) -> Vec<f32> {
+    let n: usize = out_dims.iter().product();
+    let mut out = vec![0.0; n];
+    if n == 0 {
+        return out;
+    }
+    if a.len() == n && b.len() == n {
+        map_chunks(&mut out, |off, o| {
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = apply(op, a[off + i], b[off + i]);
+            }
+        });
+        return out;
+    }
+    let r = out_dims.len();
+    let (sa, sb) = (broadcast_strides(a_dims, out_dims), broadcast_strides(b_dims, out_dims));
+    let inner = out_dims[r - 1];
+    let (ia, ib) = (sa[r - 1], sb[r - 1]);
+    let row_fn = |row: usize, o: &mut [f32]| {
+        // Offsets of this row in a and b from its multi-index.
+        let (mut oa, mut ob, mut rem) = (0, 0, row);
+        for d in (0..r - 1).rev() {
+            let idx = rem % out_dims[d];
+            rem /= out_dims[d];
+            oa += idx * sa[d];
+            ob += idx * sb[d];
+        }
+        match (ia, ib) {
+            (1, 0) => {
+                let bv = b[ob];
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = apply(op, a[oa + j], bv);
+                }
+            }
+            (0, 1) => {
+                let av = a[oa];
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = apply(op, av, b[ob + j]);
+                }
+            }
+            _ => {
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = apply(op, a[oa + j * ia], b[ob + j * ib]);
+                }
+            }
+        }
+    };
+    if n < PAR_MIN_ELEMS {
+        for (row, o) in out.chunks_mut(inner).enumerate() {
+            row_fn(row, o);
+        }
+    } else {
+        out.par_chunks_mut(inner).enumerate().for_each(|(row, o)| row_fn(row, o));
+    }
+    out
+}
+
+/// One pass per element: g = grad + wd·p; buf = momentum·buf + g (buf = g on the first step);
+/// step = nesterov ? g + momentum·buf : buf; p -= lr·step. Matches `torch.optim.SGD` (dampening 0).
+pub fn sgd_step(param: &mut [f32], grad: &[f32], buf: &mut [f32], s: &SgdStep) {
+    let body = |p: &mut [f32], g: &[f32], m: &mut [f32]| {
+        for i in 0..p.len() {
+            let gi = g[i] + s.weight_decay * p[i];
+            let step = if s.momentum != 0.0 {
+                let mi = if s.first_step { gi } else { s.momentum * m[i] + gi };
+                m[i] = mi;
+                if s.nesterov { gi + s.momentum * mi } else { mi }
+            } else {
+                gi
+            };
+            p[i] -= s.lr * step;
+        }
+    };
+    if param.len() < PAR_MIN_ELEMS {
+        body(param, grad, buf);
+    } else {
+        param
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .zip(buf.par_chunks_mut(CHUNK))
+            .for_each(|((p, g), m)| body(p, g, m));
+    }
+}

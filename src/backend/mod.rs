@@ -1,0 +1,327 @@
+//! The op set. `Backend` is the only place where devices differ: every op takes storages that
+//! live on one device plus a small geometry struct (plain numbers, mirrored later by the CUDA
+//! parameter structs) and returns new storage on the same device. Shape checking happens once,
+//! in `Tensor`, before a backend is called; backends may assume consistent geometry.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+
+/// Where a tensor lives. The CUDA and emulator devices join with the CUDA issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+}
+
+impl Device {
+    pub fn backend(&self) -> &'static dyn Backend {
+        match self {
+            Device::Cpu => &cpu::CpuBackend,
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+        }
+    }
+}
+
+/// Device memory of one tensor, always dense row-major f32 for compute.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Cpu(Vec<f32>),
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The CPU slice; an error on other devices (no silent copies across devices).
+    pub fn as_cpu(&self) -> Result<&[f32]> {
+        match self {
+            Storage::Cpu(v) => Ok(v),
+        }
+    }
+    pub fn as_cpu_mut(&mut self) -> Result<&mut [f32]> {
+        match self {
+            Storage::Cpu(v) => Ok(v),
+        }
+    }
+}
+
+/// Elementwise unary ops. Parameters ride inside the variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Relu,
+    Relu6,
+    LeakyRelu(f32),
+    /// Exact GELU, x·Φ(x), as `nn.GELU()` computes it.
+    Gelu,
+    Sigmoid,
+    Tanh,
+    /// x·tanh(softplus(x)).
+    Mish,
+    Exp,
+    Log,
+    Sqrt,
+    /// x^p (for non-integer p, x must be positive).
+    Pow(f32),
+    Abs,
+    /// x·mul + add: scaling, negation and scalar shifts in one op.
+    Affine { mul: f32, add: f32 },
+    /// max(x, lo); gradient flows where x > lo.
+    ClampMin(f32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// Geometry of an op over one dimension of a contiguous tensor viewed as [outer, len, inner].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DimGeom {
+    pub outer: usize,
+    pub len: usize,
+    pub inner: usize,
+}
+
+impl DimGeom {
+    pub fn new(dims: &[usize], dim: usize) -> Self {
+        DimGeom {
+            outer: dims[..dim].iter().product(),
+            len: dims[dim],
+            inner: dims[dim + 1..].iter().product(),
+        }
+    }
+}
+
+/// Batched matmul: C[b] = op(A[b]) · op(B[b]), op = transpose when the flag is set.
+/// A is stored [batch_a, m, k] (or [batch_a, k, m] when `trans_a`), B [batch_b, k, n]
+/// (or [batch_b, n, k] when `trans_b`); a batch of 1 is broadcast. C is [batch, m, n].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulGeom {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a_broadcast: bool,
+    pub b_broadcast: bool,
+}
+
+impl MatmulGeom {
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.k * self.n) as f64
+    }
+}
+
+/// 2-D convolution (dilation 1). x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw],
+/// y [n, c_out, h_out, w_out].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub groups: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+}
+
+impl Conv2dGeom {
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.c_out * self.h_out * self.w_out * (self.c_in / self.groups) * self.kh * self.kw) as f64
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    /// Average; `count_include_pad` divides by the full window even where it covers padding.
+    Avg { count_include_pad: bool },
+}
+
+/// 2-D pooling window over x [n, c, h, w] -> [n, c, h_out, w_out] (floor mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub h_out: usize,
+    pub w_out: usize,
+}
+
+/// Spatial resampling x [n, c, h, w] -> [n, c, h_out, w_out]; also adaptive average pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResizeGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterpMode {
+    /// PyTorch `mode="nearest"`: src = floor(dst · in/out).
+    Nearest,
+    /// PyTorch `mode="bilinear", align_corners=False`.
+    Bilinear,
+}
+
+/// Normalisation over x viewed as [n, c, hw] (batchnorm: statistics per c over n·hw).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormGeom {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+/// Fused SGD step (PyTorch `torch.optim.SGD` semantics, dampening 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    /// PyTorch initialises the momentum buffer with the first gradient instead of decaying zeros.
+    pub first_step: bool,
+}
+
+/// The op set every device implements. Forward ops return fresh storage; backward ops return
+/// the gradient of their inputs. Index layouts are documented at each geometry struct.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn device(&self) -> Device;
+
+    // ---- memory ----
+    fn from_host(&self, data: &[f32]) -> Result<Storage>;
+    fn to_host(&self, x: &Storage) -> Result<Vec<f32>>;
+    fn full(&self, len: usize, value: f32) -> Result<Storage>;
+
+    // ---- elementwise ----
+    fn unary(&self, op: UnaryOp, x: &Storage) -> Result<Storage>;
+    /// dx given x, y = op(x) and dy (each rule reads whichever of x and y is cheaper).
+    fn unary_backward(&self, op: UnaryOp, x: &Storage, y: &Storage, dy: &Storage) -> Result<Storage>;
+    /// Broadcasting binary op (numpy rules; shapes already padded to the same rank).
+    fn binary(&self, op: BinaryOp, a: &Storage, a_dims: &[usize], b: &Storage, b_dims: &[usize], out_dims: &[usize]) -> Result<Storage>;
+    /// Sum x over the dimensions where `to_dims` is 1 (the adjoint of broadcasting).
+    fn sum_to(&self, x: &Storage, x_dims: &[usize], to_dims: &[usize]) -> Result<Storage>;
+
+    // ---- layout ----
+    fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
+    /// Concatenate along the middle axis of [outer, len_i, inner] views; `lens` per part.
+    fn concat(&self, parts: &[&Storage], outer: usize, lens: &[usize], inner: usize) -> Result<Storage>;
+    /// Slice [start, start+len) of the middle axis of x viewed as `g`.
+    fn narrow(&self, x: &Storage, g: DimGeom, start: usize, len: usize) -> Result<Storage>;
+
+    // ---- linear algebra and convolution ----
+    fn matmul(&self, a: &Storage, b: &Storage, g: &MatmulGeom) -> Result<Storage>;
+    fn conv2d(&self, x: &Storage, w: &Storage, g: &Conv2dGeom) -> Result<Storage>;
+    fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &Conv2dGeom) -> Result<Storage>;
+    fn conv2d_backward_weight(&self, x: &Storage, dy: &Storage, g: &Conv2dGeom) -> Result<Storage>;
+
+    // ---- pooling and resampling ----
+    fn pool2d(&self, kind: PoolKind, x: &Storage, g: &Pool2dGeom) -> Result<Storage>;
+    /// Max pooling routes dy to the first maximum of each window (PyTorch's choice), found from x.
+    fn pool2d_backward(&self, kind: PoolKind, x: &Storage, dy: &Storage, g: &Pool2dGeom) -> Result<Storage>;
+    fn adaptive_avg_pool2d(&self, x: &Storage, g: &ResizeGeom) -> Result<Storage>;
+    fn adaptive_avg_pool2d_backward(&self, dy: &Storage, g: &ResizeGeom) -> Result<Storage>;
+    fn interpolate(&self, mode: InterpMode, x: &Storage, g: &ResizeGeom) -> Result<Storage>;
+    fn interpolate_backward(&self, mode: InterpMode, dy: &Storage, g: &ResizeGeom) -> Result<Storage>;
+
+    // ---- normalisation ----
+    /// Train-mode batchnorm: returns (y, batch mean, 1/sqrt(biased var + eps)) and updates the
+    /// running statistics with `momentum` and the unbiased variance.
+    fn batch_norm_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)>;
+    /// Backward of train-mode batchnorm: (dx, dgamma, dbeta).
+    fn batch_norm_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)>;
+    /// Layer norm over the last axis of x viewed as [rows, cols] (g.n = rows, g.c = cols):
+    /// returns (y, mean, invstd) per row.
+    fn layer_norm(&self, x: &Storage, gamma: &Storage, beta: &Storage, g: &NormGeom) -> Result<(Storage, Storage, Storage)>;
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)>;
+
+    // ---- softmax family and reductions (over the middle axis of a DimGeom) ----
+    fn softmax(&self, x: &Storage, g: DimGeom, log: bool) -> Result<Storage>;
+    fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool) -> Result<Storage>;
+    /// Mean cross-entropy of logits [rows, classes] against labels; returns a 1-element storage.
+    fn cross_entropy(&self, logits: &Storage, labels: &[u32], rows: usize, classes: usize) -> Result<Storage>;
+    fn cross_entropy_backward(&self, logits: &Storage, labels: &[u32], dloss: &Storage, rows: usize, classes: usize) -> Result<Storage>;
+    /// KL(p || q) with q given as log-probabilities, summed and divided by rows (`batchmean`).
+    fn kl_div(&self, log_q: &Storage, p: &Storage, rows: usize) -> Result<Storage>;
+    /// (d log_q, d p).
+    fn kl_div_backward(&self, log_q: &Storage, p: &Storage, dloss: &Storage, rows: usize) -> Result<(Storage, Storage)>;
+    fn reduce_sum(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
+    fn reduce_max(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
+    /// Routes dy to the first maximum along the axis, found from x.
+    fn reduce_max_backward(&self, x: &Storage, dy: &Storage, g: DimGeom) -> Result<Storage>;
+    /// `F.normalize(x, p=2, dim, eps)`: x / max(||x||, eps) along the axis.
+    fn normalize(&self, x: &Storage, g: DimGeom, eps: f32) -> Result<Storage>;
+    fn normalize_backward(&self, x: &Storage, dy: &Storage, g: DimGeom, eps: f32) -> Result<Storage>;
+
+    // ---- optimisation ----
+    /// One fused SGD pass: weight decay, momentum, Nesterov and the update, per element.
+    fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()>;
+}
+
+/// Reject storages from another device with an error naming both.
+pub(crate) fn same_device(op: &'static str, a: Device, b: Device) -> Result<()> {
+    if a != b {
+        return Err(Error::Device { op, detail: format!("tensors on {a} and {b}; move them to one device first") });
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Data sets. (Being written: see the engine-core and model-zoo issues.)

@@ -1,0 +1,18 @@
+//! kdscout: training-free knowledge-distillation search on a small, fast engine.
+//!
+//! Layers, bottom up: [`tensor`] (shape + storage on a device), [`backend`] (the op set, one
+//! implementation per device), [`autograd`] (define-by-run tape, one backward rule per op),
+//! [`nn`] (modules, initialisers, named parameters), [`optim`] (fused SGD), [`data`] (CIFAR).
+
+pub mod autograd;
+pub mod backend;
+pub mod data;
+pub mod error;
+pub mod nn;
+pub mod optim;
+pub mod rng;
+pub mod tensor;
+
+pub use backend::Device;
+pub use error::{Error, Result};
+pub use tensor::{DType, Shape, Tensor};

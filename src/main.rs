@@ -1,0 +1,3 @@
+fn main() {
+    println!("kdscout {}", env!("CARGO_PKG_VERSION"));
+}

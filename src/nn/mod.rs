@@ -1,0 +1,1 @@
+//! Layers, initialisers and named parameters. (Being written: see the engine-core issue.)

@@ -1,0 +1,1 @@
+//! Optimisers. (Being written: see the engine-core issue.)
