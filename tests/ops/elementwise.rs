@@ -1,0 +1,5 @@
+//! elementwise op tests (being written).
+
+macro_rules! elementwise_tests {
+    ($dev:expr) => {};
+}

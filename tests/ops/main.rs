@@ -1,0 +1,37 @@
+//! Op tests: every op's forward against a naive f64 reference and every backward rule against
+//! central finite differences in f64, on awkward sizes (odd channels, 1x1 and 7x7 maps,
+//! batch 1). Each family file defines its test bodies as functions of a `Device` and a macro
+//! listing them; the macros are instantiated once per backend below, so a new backend (CUDA,
+//! the kernel emulator) gets the whole suite by adding one module.
+
+mod common;
+#[macro_use]
+mod conv;
+#[macro_use]
+mod elementwise;
+#[macro_use]
+mod layout;
+#[macro_use]
+mod matmul;
+#[macro_use]
+mod norm;
+#[macro_use]
+mod pool;
+#[macro_use]
+mod reduce;
+
+macro_rules! all_op_tests {
+    ($dev:expr) => {
+        conv_tests!($dev);
+        elementwise_tests!($dev);
+        layout_tests!($dev);
+        matmul_tests!($dev);
+        norm_tests!($dev);
+        pool_tests!($dev);
+        reduce_tests!($dev);
+    };
+}
+
+mod cpu {
+    all_op_tests!(kdscout::Device::Cpu);
+}

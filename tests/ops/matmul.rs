@@ -1,0 +1,5 @@
+//! matmul op tests (being written).
+
+macro_rules! matmul_tests {
+    ($dev:expr) => {};
+}

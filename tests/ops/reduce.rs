@@ -1,0 +1,5 @@
+//! reduce op tests (being written).
+
+macro_rules! reduce_tests {
+    ($dev:expr) => {};
+}
