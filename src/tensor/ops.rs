@@ -207,8 +207,7 @@ impl Tensor {
 
     // ================================================================ layout
 
-    /// Same data, new shape (element count must match); one dim may be given as `usize::MAX`
-    /// to be inferred... kept explicit: shapes are always given in full.
+    /// Same memory, new shape (element count must match); a free view.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
@@ -221,8 +220,8 @@ impl Tensor {
                 shape.numel()
             );
         }
-        Ok(Tensor::from_op(
-            self.storage().clone(),
+        Ok(Tensor::from_op_shared(
+            self.storage_arc(),
             shape,
             Op::Reshape { x: self.clone() },
         ))
