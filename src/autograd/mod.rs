@@ -9,8 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::backend::{
-    BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind,
-    ResizeGeom, Storage, UnaryOp,
+    BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorId};
@@ -171,7 +170,15 @@ impl Grads {
     }
     /// The gradient of `t`, or an error naming it when `t` did not reach the loss.
     pub fn of(&self, t: &Tensor) -> Result<&Tensor> {
-        self.get(t).ok_or_else(|| Error::invalid("grad", format!("no gradient for tensor of shape {}: it does not reach the loss or does not require grad", t.shape())))
+        self.get(t).ok_or_else(|| {
+            Error::invalid(
+                "grad",
+                format!(
+                    "no gradient for tensor of shape {}: it does not reach the loss or does not require grad",
+                    t.shape()
+                ),
+            )
+        })
     }
     pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
         self.0.remove(&t.id())
@@ -187,24 +194,15 @@ impl Grads {
 /// Reverse-mode sweep from a scalar `root`.
 pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
     if root.numel() != 1 {
-        return Err(Error::shape(
-            "backward",
-            format!("the loss must have one element, got shape {}", root.shape()),
-        ));
+        return Err(Error::shape("backward", format!("the loss must have one element, got shape {}", root.shape())));
     }
     if !root.requires_grad() {
-        return Err(Error::invalid(
-            "backward",
-            "the loss does not depend on any tensor that requires grad",
-        ));
+        return Err(Error::invalid("backward", "the loss does not depend on any tensor that requires grad"));
     }
     let _guard = no_grad();
     let order = topological_order(root);
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-    grads.insert(
-        root.id(),
-        Tensor::ones(root.shape().clone(), root.device())?,
-    );
+    grads.insert(root.id(), Tensor::ones(root.shape().clone(), root.device())?);
     for node in order.iter().rev() {
         let Some(op) = node.op() else { continue };
         let Some(grad) = grads.get(&node.id()).cloned() else {
@@ -265,10 +263,7 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
     let be = y.backend();
     let dys = dy.storage();
     Ok(match op {
-        Op::Unary { op, x } => vec![Some(wrap(
-            be.unary_backward(*op, &x.storage(), &y.storage(), &dys)?,
-            x,
-        ))],
+        Op::Unary { op, x } => vec![Some(wrap(be.unary_backward(*op, &x.storage(), &y.storage(), &dys)?, x))],
         Op::Binary { op, a, b } => {
             // d(a∘b): elementwise rule, then sum over the dims each operand was broadcast along.
             let (ga, gb) = match op {
@@ -280,10 +275,7 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
                     (ga.clone(), ga.mul(y)?.neg()?)
                 }
             };
-            vec![
-                Some(ga.sum_to_shape(a.shape())?),
-                Some(gb.sum_to_shape(b.shape())?),
-            ]
+            vec![Some(ga.sum_to_shape(a.shape())?), Some(gb.sum_to_shape(b.shape())?)]
         }
         Op::Reshape { x } => vec![Some(dy.reshape(x.shape().clone())?)],
         Op::Permute { x: _, perm } => {
@@ -320,174 +312,85 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
             if start + len < total {
                 parts.push(piece(total - start - len)?);
             }
-            vec![Some(Tensor::concat(
-                &parts.iter().collect::<Vec<_>>(),
-                *dim,
-            )?)]
+            vec![Some(Tensor::concat(&parts.iter().collect::<Vec<_>>(), *dim)?)]
         }
         Op::Matmul { a, b, g } => {
-            // C = op(A)·op(B). dA = dC·op(B)ᵀ (stored transposed when trans_a), dB = op(A)ᵀ·dC.
-            let (sa, sb) = (a.storage(), b.storage());
-            let da = if g.trans_a {
-                // A stored [k, m]: dA = op(B)·dCᵀ.
-                be.matmul(
-                    &sb,
-                    &dys,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.k,
-                        k: g.n,
-                        n: g.m,
-                        trans_a: g.trans_b,
-                        trans_b: true,
-                        a_broadcast: g.b_broadcast,
-                        b_broadcast: false,
-                    },
-                )?
-            } else {
-                be.matmul(
-                    &dys,
-                    &sb,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.m,
-                        k: g.n,
-                        n: g.k,
-                        trans_a: false,
-                        trans_b: !g.trans_b,
-                        a_broadcast: false,
-                        b_broadcast: g.b_broadcast,
-                    },
-                )?
-            };
-            let db = if g.trans_b {
-                // B stored [n, k]: dB = dCᵀ·op(A).
-                be.matmul(
-                    &dys,
-                    &sa,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.n,
-                        k: g.m,
-                        n: g.k,
-                        trans_a: true,
-                        trans_b: g.trans_a,
-                        a_broadcast: false,
-                        b_broadcast: g.a_broadcast,
-                    },
-                )?
-            } else {
-                be.matmul(
-                    &sa,
-                    &dys,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.k,
-                        k: g.m,
-                        n: g.n,
-                        trans_a: !g.trans_a,
-                        trans_b: false,
-                        a_broadcast: g.a_broadcast,
-                        b_broadcast: false,
-                    },
-                )?
+            // C = op(A)·op(B): dop(A) = dC·op(B)ᵀ and dop(B) = op(A)ᵀ·dC, each written in the
+            // storage orientation of its operand by choosing operand order and transpose flags.
+            let mm = |x: &Storage, y: &Storage, m, k, n, ta, tb, xb, yb| {
+                let geom =
+                    MatmulGeom { batch: g.batch, m, k, n, trans_a: ta, trans_b: tb, a_broadcast: xb, b_broadcast: yb };
+                be.matmul(x, y, &geom)
             };
             // A broadcast operand receives the sum over the batch.
-            let reduce_batch = |s: Storage, per: usize, broadcast: bool| -> Result<Storage> {
+            let batch_sum = |s: Storage, per: usize, broadcast: bool| -> Result<Storage> {
                 if broadcast && g.batch > 1 {
-                    be.reduce_sum(
-                        &s,
-                        DimGeom {
-                            outer: 1,
-                            len: g.batch,
-                            inner: per,
-                        },
-                    )
+                    be.reduce_sum(&s, DimGeom { outer: 1, len: g.batch, inner: per })
                 } else {
                     Ok(s)
                 }
             };
-            let da = reduce_batch(da, g.m * g.k, g.a_broadcast)?;
-            let db = reduce_batch(db, g.k * g.n, g.b_broadcast)?;
-            vec![Some(wrap(da, a)), Some(wrap(db, b))]
+            let (sa, sb) = (a.storage(), b.storage());
+            let da = if !a.requires_grad() {
+                None
+            } else if g.trans_a {
+                // A stored [k, m]: dA = op(B)·dCᵀ.
+                Some(mm(&sb, &dys, g.k, g.n, g.m, g.trans_b, true, g.b_broadcast, false)?)
+            } else {
+                Some(mm(&dys, &sb, g.m, g.n, g.k, false, !g.trans_b, false, g.b_broadcast)?)
+            };
+            let db = if !b.requires_grad() {
+                None
+            } else if g.trans_b {
+                // B stored [n, k]: dB = dCᵀ·op(A).
+                Some(mm(&dys, &sa, g.n, g.m, g.k, true, g.trans_a, false, g.a_broadcast)?)
+            } else {
+                Some(mm(&sa, &dys, g.k, g.m, g.n, !g.trans_a, false, g.a_broadcast, false)?)
+            };
+            let da = da.map(|d| batch_sum(d, g.m * g.k, g.a_broadcast).map(|d| wrap(d, a))).transpose()?;
+            let db = db.map(|d| batch_sum(d, g.k * g.n, g.b_broadcast).map(|d| wrap(d, b))).transpose()?;
+            vec![da, db]
         }
         Op::Conv2d { x, w, g } => {
-            let dx = be.conv2d_backward_data(&dys, &w.storage(), g)?;
-            let dw = be.conv2d_backward_weight(&x.storage(), &dys, g)?;
-            vec![Some(wrap(dx, x)), Some(wrap(dw, w))]
+            // The network input takes no gradient: skip its (full-cost) backward-data pass.
+            let dx =
+                if x.requires_grad() { Some(wrap(be.conv2d_backward_data(&dys, &w.storage(), g)?, x)) } else { None };
+            let dw =
+                if w.requires_grad() { Some(wrap(be.conv2d_backward_weight(&x.storage(), &dys, g)?, w)) } else { None };
+            vec![dx, dw]
         }
-        Op::Pool2d { kind, x, g } => vec![Some(wrap(
-            be.pool2d_backward(*kind, &x.storage(), &dys, g)?,
-            x,
-        ))],
+        Op::Pool2d { kind, x, g } => vec![Some(wrap(be.pool2d_backward(*kind, &x.storage(), &dys, g)?, x))],
         Op::AdaptiveAvgPool2d { x, g } => {
             vec![Some(wrap(be.adaptive_avg_pool2d_backward(&dys, g)?, x))]
         }
         Op::Interpolate { mode, x, g } => {
             vec![Some(wrap(be.interpolate_backward(*mode, &dys, g)?, x))]
         }
-        Op::BatchNormTrain {
-            x,
-            gamma,
-            beta,
-            mean,
-            invstd,
-            g,
-        } => {
-            let (dx, dg, db) =
-                be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
-            vec![
-                Some(wrap(dx, x)),
-                Some(wrap(dg, gamma)),
-                Some(wrap(db, beta)),
-            ]
+        Op::BatchNormTrain { x, gamma, beta, mean, invstd, g } => {
+            let (dx, dg, db) = be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
+            vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]
         }
-        Op::LayerNorm {
-            x,
-            gamma,
-            beta,
-            mean,
-            invstd,
-            g,
-        } => {
-            let (dx, dg, db) =
-                be.layer_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
-            vec![
-                Some(wrap(dx, x)),
-                Some(wrap(dg, gamma)),
-                Some(wrap(db, beta)),
-            ]
+        Op::LayerNorm { x, gamma, beta, mean, invstd, g } => {
+            let (dx, dg, db) = be.layer_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
+            vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]
         }
-        Op::Softmax { x, g, log } => vec![Some(wrap(
-            be.softmax_backward(&y.storage(), &dys, *g, *log)?,
-            x,
-        ))],
+        Op::Softmax { x, g, log } => vec![Some(wrap(be.softmax_backward(&y.storage(), &dys, *g, *log)?, x))],
         Op::CrossEntropy { logits, labels } => {
             let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
-            vec![Some(wrap(
-                be.cross_entropy_backward(&logits.storage(), labels, &dys, rows, classes)?,
-                logits,
-            ))]
+            vec![Some(wrap(be.cross_entropy_backward(&logits.storage(), labels, &dys, rows, classes)?, logits))]
         }
         Op::KlDiv { log_q, p } => {
-            let (dq, dp) =
-                be.kl_div_backward(&log_q.storage(), &p.storage(), &dys, log_q.dims()[0])?;
+            let (dq, dp) = be.kl_div_backward(&log_q.storage(), &p.storage(), &dys, log_q.dims()[0])?;
             vec![Some(wrap(dq, log_q)), Some(wrap(dp, p))]
         }
         Op::Sum { x } => vec![Some(dy.broadcast_to(x.shape())?)],
         Op::Max { x, dim } => {
             let g = DimGeom::new(x.dims(), *dim);
-            vec![Some(wrap(
-                be.reduce_max_backward(&x.storage(), &dys, g)?,
-                x,
-            ))]
+            vec![Some(wrap(be.reduce_max_backward(&x.storage(), &dys, g)?, x))]
         }
         Op::Normalize { x, dim, eps } => {
             let g = DimGeom::new(x.dims(), *dim);
-            vec![Some(wrap(
-                be.normalize_backward(&x.storage(), &dys, g, *eps)?,
-                x,
-            ))]
+            vec![Some(wrap(be.normalize_backward(&x.storage(), &dys, g, *eps)?, x))]
         }
     })
 }

@@ -107,11 +107,7 @@ pub struct DimGeom {
 
 impl DimGeom {
     pub fn new(dims: &[usize], dim: usize) -> Self {
-        DimGeom {
-            outer: dims[..dim].iter().product(),
-            len: dims[dim],
-            inner: dims[dim + 1..].iter().product(),
-        }
+        DimGeom { outer: dims[..dim].iter().product(), len: dims[dim], inner: dims[dim + 1..].iter().product() }
     }
 }
 
@@ -156,13 +152,7 @@ pub struct Conv2dGeom {
 
 impl Conv2dGeom {
     pub fn flops(&self) -> f64 {
-        2.0 * (self.n
-            * self.c_out
-            * self.h_out
-            * self.w_out
-            * (self.c_in / self.groups)
-            * self.kh
-            * self.kw) as f64
+        2.0 * (self.n * self.c_out * self.h_out * self.w_out * (self.c_in / self.groups) * self.kh * self.kw) as f64
     }
 }
 
@@ -243,13 +233,7 @@ pub trait Backend: Send + Sync {
     // ---- elementwise ----
     fn unary(&self, op: UnaryOp, x: &Storage) -> Result<Storage>;
     /// dx given x, y = op(x) and dy (each rule reads whichever of x and y is cheaper).
-    fn unary_backward(
-        &self,
-        op: UnaryOp,
-        x: &Storage,
-        y: &Storage,
-        dy: &Storage,
-    ) -> Result<Storage>;
+    fn unary_backward(&self, op: UnaryOp, x: &Storage, y: &Storage, dy: &Storage) -> Result<Storage>;
     /// Broadcasting binary op (numpy rules; shapes already padded to the same rank).
     fn binary(
         &self,
@@ -266,13 +250,7 @@ pub trait Backend: Send + Sync {
     // ---- layout ----
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
     /// Concatenate along the middle axis of [outer, len_i, inner] views; `lens` per part.
-    fn concat(
-        &self,
-        parts: &[&Storage],
-        outer: usize,
-        lens: &[usize],
-        inner: usize,
-    ) -> Result<Storage>;
+    fn concat(&self, parts: &[&Storage], outer: usize, lens: &[usize], inner: usize) -> Result<Storage>;
     /// Slice [start, start+len) of the middle axis of x viewed as `g`.
     fn narrow(&self, x: &Storage, g: DimGeom, start: usize, len: usize) -> Result<Storage>;
 
@@ -285,22 +263,11 @@ pub trait Backend: Send + Sync {
     // ---- pooling and resampling ----
     fn pool2d(&self, kind: PoolKind, x: &Storage, g: &Pool2dGeom) -> Result<Storage>;
     /// Max pooling routes dy to the first maximum of each window (PyTorch's choice), found from x.
-    fn pool2d_backward(
-        &self,
-        kind: PoolKind,
-        x: &Storage,
-        dy: &Storage,
-        g: &Pool2dGeom,
-    ) -> Result<Storage>;
+    fn pool2d_backward(&self, kind: PoolKind, x: &Storage, dy: &Storage, g: &Pool2dGeom) -> Result<Storage>;
     fn adaptive_avg_pool2d(&self, x: &Storage, g: &ResizeGeom) -> Result<Storage>;
     fn adaptive_avg_pool2d_backward(&self, dy: &Storage, g: &ResizeGeom) -> Result<Storage>;
     fn interpolate(&self, mode: InterpMode, x: &Storage, g: &ResizeGeom) -> Result<Storage>;
-    fn interpolate_backward(
-        &self,
-        mode: InterpMode,
-        dy: &Storage,
-        g: &ResizeGeom,
-    ) -> Result<Storage>;
+    fn interpolate_backward(&self, mode: InterpMode, dy: &Storage, g: &ResizeGeom) -> Result<Storage>;
 
     // ---- normalisation ----
     /// Train-mode batchnorm: returns (y, batch mean, 1/sqrt(biased var + eps)) and updates the
@@ -345,16 +312,9 @@ pub trait Backend: Send + Sync {
 
     // ---- softmax family and reductions (over the middle axis of a DimGeom) ----
     fn softmax(&self, x: &Storage, g: DimGeom, log: bool) -> Result<Storage>;
-    fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool)
-        -> Result<Storage>;
+    fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool) -> Result<Storage>;
     /// Mean cross-entropy of logits [rows, classes] against labels; returns a 1-element storage.
-    fn cross_entropy(
-        &self,
-        logits: &Storage,
-        labels: &[u32],
-        rows: usize,
-        classes: usize,
-    ) -> Result<Storage>;
+    fn cross_entropy(&self, logits: &Storage, labels: &[u32], rows: usize, classes: usize) -> Result<Storage>;
     fn cross_entropy_backward(
         &self,
         logits: &Storage,
@@ -366,45 +326,25 @@ pub trait Backend: Send + Sync {
     /// KL(p || q) with q given as log-probabilities, summed and divided by rows (`batchmean`).
     fn kl_div(&self, log_q: &Storage, p: &Storage, rows: usize) -> Result<Storage>;
     /// (d log_q, d p).
-    fn kl_div_backward(
-        &self,
-        log_q: &Storage,
-        p: &Storage,
-        dloss: &Storage,
-        rows: usize,
-    ) -> Result<(Storage, Storage)>;
+    fn kl_div_backward(&self, log_q: &Storage, p: &Storage, dloss: &Storage, rows: usize)
+        -> Result<(Storage, Storage)>;
     fn reduce_sum(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
     fn reduce_max(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
     /// Routes dy to the first maximum along the axis, found from x.
     fn reduce_max_backward(&self, x: &Storage, dy: &Storage, g: DimGeom) -> Result<Storage>;
     /// `F.normalize(x, p=2, dim, eps)`: x / max(||x||, eps) along the axis.
     fn normalize(&self, x: &Storage, g: DimGeom, eps: f32) -> Result<Storage>;
-    fn normalize_backward(
-        &self,
-        x: &Storage,
-        dy: &Storage,
-        g: DimGeom,
-        eps: f32,
-    ) -> Result<Storage>;
+    fn normalize_backward(&self, x: &Storage, dy: &Storage, g: DimGeom, eps: f32) -> Result<Storage>;
 
     // ---- optimisation ----
     /// One fused SGD pass: weight decay, momentum, Nesterov and the update, per element.
-    fn sgd_step(
-        &self,
-        param: &mut Storage,
-        grad: &Storage,
-        momentum_buf: &mut Storage,
-        step: &SgdStep,
-    ) -> Result<()>;
+    fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()>;
 }
 
 /// Reject storages from another device with an error naming both.
 pub(crate) fn same_device(op: &'static str, a: Device, b: Device) -> Result<()> {
     if a != b {
-        return Err(Error::Device {
-            op,
-            detail: format!("tensors on {a} and {b}; move them to one device first"),
-        });
+        return Err(Error::Device { op, detail: format!("tensors on {a} and {b}; move them to one device first") });
     }
     Ok(())
 }

@@ -63,12 +63,7 @@ pub struct Tensor(pub(crate) Arc<TensorInner>);
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor{}{}",
-            self.shape(),
-            if self.requires_grad() { " (grad)" } else { "" }
-        )
+        write!(f, "Tensor{}{}", self.shape(), if self.requires_grad() { " (grad)" } else { "" })
     }
 }
 
@@ -79,25 +74,13 @@ impl Tensor {
         Tensor::new_inner(Arc::new(RwLock::new(storage)), shape.into(), None, false)
     }
 
-    fn new_inner(
-        storage: Arc<RwLock<Storage>>,
-        shape: Shape,
-        op: Option<Op>,
-        requires_grad: bool,
-    ) -> Tensor {
+    fn new_inner(storage: Arc<RwLock<Storage>>, shape: Shape, op: Option<Op>, requires_grad: bool) -> Tensor {
         let device = {
             let s = storage.read().expect("tensor storage lock poisoned");
             debug_assert_eq!(s.len(), shape.numel(), "storage/shape length for {shape}");
             s.device()
         };
-        Tensor(Arc::new(TensorInner {
-            id: TensorId::fresh(),
-            shape,
-            device,
-            storage,
-            op,
-            requires_grad,
-        }))
+        Tensor(Arc::new(TensorInner { id: TensorId::fresh(), shape, device, storage, op, requires_grad }))
     }
 
     /// The result of an op: records `op` when any input tracks gradients and recording is on.
@@ -119,10 +102,7 @@ impl Tensor {
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(Error::shape(
-                "from_vec",
-                format!("{} values do not fill shape {shape}", data.len()),
-            ));
+            return Err(Error::shape("from_vec", format!("{} values do not fill shape {shape}", data.len())));
         }
         let storage = match device {
             Device::Cpu => Storage::Cpu(data),
@@ -133,23 +113,14 @@ impl Tensor {
     pub fn from_slice(data: &[f32], shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(Error::shape(
-                "from_slice",
-                format!("{} values do not fill shape {shape}", data.len()),
-            ));
+            return Err(Error::shape("from_slice", format!("{} values do not fill shape {shape}", data.len())));
         }
-        Ok(Tensor::from_storage(
-            device.backend().from_host(data)?,
-            shape,
-        ))
+        Ok(Tensor::from_storage(device.backend().from_host(data)?, shape))
     }
 
     pub fn full(value: f32, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        Ok(Tensor::from_storage(
-            device.backend().full(shape.numel(), value)?,
-            shape,
-        ))
+        Ok(Tensor::from_storage(device.backend().full(shape.numel(), value)?, shape))
     }
     pub fn zeros(shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         Tensor::full(0.0, shape, device)
@@ -163,28 +134,14 @@ impl Tensor {
 
     /// Normal(mean, std) samples from the run's generator (host side, so every device gets the
     /// same numbers for the same seed).
-    pub fn randn(
-        shape: impl Into<Shape>,
-        mean: f32,
-        std: f32,
-        rng: &mut Rng,
-        device: Device,
-    ) -> Result<Tensor> {
+    pub fn randn(shape: impl Into<Shape>, mean: f32, std: f32, rng: &mut Rng, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        let data: Vec<f32> = (0..shape.numel())
-            .map(|_| mean + std * rng.normal())
-            .collect();
+        let data: Vec<f32> = (0..shape.numel()).map(|_| mean + std * rng.normal()).collect();
         Tensor::from_slice(&data, shape, device)
     }
 
     /// Uniform samples in [lo, hi).
-    pub fn rand_uniform(
-        shape: impl Into<Shape>,
-        lo: f32,
-        hi: f32,
-        rng: &mut Rng,
-        device: Device,
-    ) -> Result<Tensor> {
+    pub fn rand_uniform(shape: impl Into<Shape>, lo: f32, hi: f32, rng: &mut Rng, device: Device) -> Result<Tensor> {
         let shape = shape.into();
         let data: Vec<f32> = (0..shape.numel()).map(|_| rng.uniform(lo, hi)).collect();
         Tensor::from_slice(&data, shape, device)
@@ -244,10 +201,7 @@ impl Tensor {
     /// In-place access, for optimisers and running statistics. Tensors that share this one
     /// (clones) see the change; ops that already read it are unaffected.
     pub fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0
-            .storage
-            .write()
-            .expect("tensor storage lock poisoned")
+        self.0.storage.write().expect("tensor storage lock poisoned")
     }
 
     pub fn to_vec(&self) -> Result<Vec<f32>> {
@@ -259,11 +213,7 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::shape(
                 "item",
-                format!(
-                    "tensor of shape {} has {} elements, not 1",
-                    self.shape(),
-                    self.numel()
-                ),
+                format!("tensor of shape {} has {} elements, not 1", self.shape(), self.numel()),
             ));
         }
         Ok(self.to_vec()?[0])

@@ -77,14 +77,7 @@ pub fn unary_ops(dev: Device) {
         (UnaryOp::Pow(-0.5), 0.2, 4.0),
         (UnaryOp::Pow(1.7), 0.2, 4.0),
         (UnaryOp::Abs, -3.0, 3.0),
-        (
-            UnaryOp::Affine {
-                mul: -2.5,
-                add: 0.75,
-            },
-            -3.0,
-            3.0,
-        ),
+        (UnaryOp::Affine { mul: -2.5, add: 0.75 }, -3.0, 3.0),
         (UnaryOp::ClampMin(0.3), -1.0, 1.0),
     ];
     // 3x5x7: no dim a multiple of any vector width.
@@ -104,12 +97,7 @@ pub fn unary_ops(dev: Device) {
             &[Input::with_values(&shape, vals)],
             |t| t[0].unary(op),
             |x| x[0].iter().map(|&v| reference(op, v)).collect(),
-            Tol {
-                fwd_rtol: 2e-5,
-                fwd_atol: 2e-6,
-                grad_rtol: 2e-3,
-                grad_atol: 2e-4,
-            },
+            Tol { fwd_rtol: 2e-5, fwd_atol: 2e-6, grad_rtol: 2e-3, grad_atol: 2e-4 },
         );
     }
 }
@@ -120,27 +108,13 @@ pub fn unary_large_parallel(dev: Device) {
     let vals = rand_vec_in(n, -4.0, 4.0, 77);
     let t = Tensor::from_slice(&vals, [n], dev).unwrap();
     let y = t.gelu().unwrap().to_vec().unwrap();
-    let want: Vec<f64> = vals
-        .iter()
-        .map(|&v| reference(UnaryOp::Gelu, v as f64))
-        .collect();
+    let want: Vec<f64> = vals.iter().map(|&v| reference(UnaryOp::Gelu, v as f64)).collect();
     crate::common::assert_close(&y, &want, 2e-5, 2e-6, "gelu on 100003 elements");
 }
 
-fn broadcast_ref(
-    op: fn(f64, f64) -> f64,
-    a: &[f64],
-    ad: &[usize],
-    b: &[f64],
-    bd: &[usize],
-    od: &[usize],
-) -> Vec<f64> {
+fn broadcast_ref(op: fn(f64, f64) -> f64, a: &[f64], ad: &[usize], b: &[f64], bd: &[usize], od: &[usize]) -> Vec<f64> {
     let r = od.len();
-    let pad = |d: &[usize]| -> Vec<usize> {
-        std::iter::repeat_n(1, r - d.len())
-            .chain(d.iter().copied())
-            .collect()
-    };
+    let pad = |d: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, r - d.len()).chain(d.iter().copied()).collect() };
     let (pa, pb) = (pad(ad), pad(bd));
     let n: usize = od.iter().product();
     (0..n)
@@ -151,20 +125,9 @@ fn broadcast_ref(
                 idx[d] = rem % od[d];
                 rem /= od[d];
             }
-            let ia: Vec<usize> = idx
-                .iter()
-                .zip(&pa)
-                .map(|(&i, &d)| if d == 1 { 0 } else { i })
-                .collect();
-            let ib: Vec<usize> = idx
-                .iter()
-                .zip(&pb)
-                .map(|(&i, &d)| if d == 1 { 0 } else { i })
-                .collect();
-            op(
-                a[crate::common::offset(&pa, &ia)],
-                b[crate::common::offset(&pb, &ib)],
-            )
+            let ia: Vec<usize> = idx.iter().zip(&pa).map(|(&i, &d)| if d == 1 { 0 } else { i }).collect();
+            let ib: Vec<usize> = idx.iter().zip(&pb).map(|(&i, &d)| if d == 1 { 0 } else { i }).collect();
+            op(a[crate::common::offset(&pa, &ia)], b[crate::common::offset(&pb, &ib)])
         })
         .collect()
 }
@@ -209,10 +172,7 @@ pub fn binary_shape_errors(dev: Device) {
     let a = Tensor::zeros([2, 3], dev).unwrap();
     let b = Tensor::zeros([4, 3], dev).unwrap();
     let err = a.add(&b).unwrap_err().to_string();
-    assert!(
-        err.contains("[2, 3]") && err.contains("[4, 3]"),
-        "error should name both shapes: {err}"
-    );
+    assert!(err.contains("[2, 3]") && err.contains("[4, 3]"), "error should name both shapes: {err}");
 }
 
 /// A tensor used twice accumulates both gradient contributions (y = x·x + x ⇒ dy/dx = 2x + 1).
@@ -234,9 +194,7 @@ pub fn no_recording_without_grad(dev: Device) {
     let y = x.relu().unwrap().sum_all().unwrap();
     assert!(!y.requires_grad());
     assert!(y.backward().is_err());
-    let w = Tensor::from_slice(&[1.0, 2.0], [2], dev)
-        .unwrap()
-        .requires_grad_();
+    let w = Tensor::from_slice(&[1.0, 2.0], [2], dev).unwrap().requires_grad_();
     let _guard = kdscout::autograd::no_grad();
     let z = w.relu().unwrap().sum_all().unwrap();
     assert!(!z.requires_grad(), "no_grad must stop recording");

@@ -44,10 +44,7 @@ pub fn permute(dev: Device) {
         |x| permute_ref(&x[0], &[5, 7], &[1, 0]),
         Tol::default(),
     );
-    assert!(Tensor::zeros([2, 3], dev)
-        .unwrap()
-        .permute(&[0, 0])
-        .is_err());
+    assert!(Tensor::zeros([2, 3], dev).unwrap().permute(&[0, 0]).is_err());
 }
 
 pub fn reshape_and_flatten(dev: Device) {
@@ -59,21 +56,13 @@ pub fn reshape_and_flatten(dev: Device) {
         |x| x[0].clone(),
         Tol::default(),
     );
-    let err = Tensor::zeros([3, 5], dev)
-        .unwrap()
-        .reshape([4, 4])
-        .unwrap_err()
-        .to_string();
+    let err = Tensor::zeros([3, 5], dev).unwrap().reshape([4, 4]).unwrap_err().to_string();
     assert!(err.contains("[3, 5]") && err.contains("[4, 4]"), "{err}");
 }
 
 pub fn concat_and_narrow(dev: Device) {
     // Concat along dim 1 of [2, a, 3] pieces, then take a narrow slice back out.
-    let (a, b, c) = (
-        Input::new(&[2, 1, 3], 4),
-        Input::new(&[2, 4, 3], 5),
-        Input::new(&[2, 2, 3], 6),
-    );
+    let (a, b, c) = (Input::new(&[2, 1, 3], 4), Input::new(&[2, 4, 3], 5), Input::new(&[2, 2, 3], 6));
     check_op(
         dev,
         "concat dim 1",
@@ -95,11 +84,7 @@ pub fn concat_and_narrow(dev: Device) {
         "narrow dim 2",
         &[Input::new(&[3, 2, 7], 7)],
         |t| t[0].narrow(2, 2, 4),
-        |x| {
-            (0..6)
-                .flat_map(|row| x[0][row * 7 + 2..row * 7 + 6].to_vec())
-                .collect()
-        },
+        |x| (0..6).flat_map(|row| x[0][row * 7 + 2..row * 7 + 6].to_vec()).collect(),
         Tol::default(),
     );
     check_op(
@@ -143,10 +128,7 @@ pub fn channel_shuffle(dev: Device) {
         },
         Tol::default(),
     );
-    assert!(Tensor::zeros([1, 5, 2, 2], dev)
-        .unwrap()
-        .channel_shuffle(2)
-        .is_err());
+    assert!(Tensor::zeros([1, 5, 2, 2], dev).unwrap().channel_shuffle(2).is_err());
 }
 
 macro_rules! layout_tests {

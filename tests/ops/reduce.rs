@@ -47,10 +47,7 @@ pub fn softmax_any_dim(dev: Device) {
                 },
                 |x| {
                     along(&x[0], &dims, dim, |l| {
-                        softmax_line(l)
-                            .into_iter()
-                            .map(|p| if log { p.ln() } else { p })
-                            .collect()
+                        softmax_line(l).into_iter().map(|p| if log { p.ln() } else { p }).collect()
                     })
                 },
                 Tol::default(),
@@ -60,10 +57,7 @@ pub fn softmax_any_dim(dev: Device) {
     // Large logits must not overflow (max subtraction).
     let t = Tensor::from_slice(&[1000.0, 1001.0, 999.0], [1, 3], dev).unwrap();
     let p = t.softmax(-1).unwrap().to_vec().unwrap();
-    assert!(
-        p.iter().all(|v| v.is_finite()) && (p.iter().sum::<f32>() - 1.0).abs() < 1e-6,
-        "{p:?}"
-    );
+    assert!(p.iter().all(|v| v.is_finite()) && (p.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{p:?}");
     assert!(t.softmax(2).is_err());
 }
 
@@ -73,10 +67,7 @@ pub fn cross_entropy(dev: Device) {
     check_op(
         dev,
         "cross_entropy",
-        &[Input::with_values(
-            &[rows, classes],
-            rand_vec_in(35, -3.0, 3.0, 30),
-        )],
+        &[Input::with_values(&[rows, classes], rand_vec_in(35, -3.0, 3.0, 30))],
         |t| t[0].cross_entropy(&labels),
         |x| {
             let total: f64 = (0..rows)
@@ -90,11 +81,7 @@ pub fn cross_entropy(dev: Device) {
         Tol::default(),
     );
     let t = Tensor::zeros([2, 3], dev).unwrap();
-    assert!(t
-        .cross_entropy(&[0, 3])
-        .unwrap_err()
-        .to_string()
-        .contains("label 3"));
+    assert!(t.cross_entropy(&[0, 3]).unwrap_err().to_string().contains("label 3"));
     assert!(t.cross_entropy(&[0]).is_err());
 }
 
@@ -104,21 +91,14 @@ pub fn kl_div_batchmean(dev: Device) {
     check_op(
         dev,
         "kl_div(log_softmax(s), softmax(t))",
-        &[
-            Input::new(&[rows, classes], 31),
-            Input::new(&[rows, classes], 32),
-        ],
+        &[Input::new(&[rows, classes], 31), Input::new(&[rows, classes], 32)],
         |t| t[0].log_softmax(-1)?.kl_div(&t[1].softmax(-1)?),
         |x| {
             let mut total = 0.0;
             for r in 0..rows {
                 let q = softmax_line(&x[0][r * classes..(r + 1) * classes]);
                 let p = softmax_line(&x[1][r * classes..(r + 1) * classes]);
-                total += p
-                    .iter()
-                    .zip(&q)
-                    .map(|(p, q)| p * (p.ln() - q.ln()))
-                    .sum::<f64>();
+                total += p.iter().zip(&q).map(|(p, q)| p * (p.ln() - q.ln())).sum::<f64>();
             }
             vec![total / rows as f64]
         },
@@ -146,11 +126,7 @@ pub fn sum_mean_max(dev: Device) {
             &format!("max dim {dim}"),
             &[Input::new(&dims, 41)],
             |t| t[0].max_dim(dim as isize, true),
-            |x| {
-                along(&x[0], &dims, dim, |l| {
-                    vec![l.iter().cloned().fold(f64::MIN, f64::max)]
-                })
-            },
+            |x| along(&x[0], &dims, dim, |l| vec![l.iter().cloned().fold(f64::MIN, f64::max)]),
             Tol::default(),
         );
     }
@@ -172,30 +148,10 @@ pub fn sum_mean_max(dev: Device) {
         },
         Tol::default(),
     );
-    check_op(
-        dev,
-        "sum_all",
-        &[Input::new(&dims, 43)],
-        |t| t[0].sum_all(),
-        |x| vec![x[0].iter().sum()],
-        Tol::default(),
-    );
-    check_op(
-        dev,
-        "mean_all",
-        &[Input::new(&[1, 1], 44)],
-        |t| t[0].mean_all(),
-        |x| vec![x[0][0]],
-        Tol::default(),
-    );
-    assert!(Tensor::zeros([2, 3], dev)
-        .unwrap()
-        .sum_dim(2, false)
-        .is_err());
-    assert!(Tensor::zeros([2, 3], dev)
-        .unwrap()
-        .sum_dim(-3, false)
-        .is_err());
+    check_op(dev, "sum_all", &[Input::new(&dims, 43)], |t| t[0].sum_all(), |x| vec![x[0].iter().sum()], Tol::default());
+    check_op(dev, "mean_all", &[Input::new(&[1, 1], 44)], |t| t[0].mean_all(), |x| vec![x[0][0]], Tol::default());
+    assert!(Tensor::zeros([2, 3], dev).unwrap().sum_dim(2, false).is_err());
+    assert!(Tensor::zeros([2, 3], dev).unwrap().sum_dim(-3, false).is_err());
 }
 
 pub fn var_and_norm(dev: Device) {
@@ -221,11 +177,7 @@ pub fn var_and_norm(dev: Device) {
         "norm dim 0",
         &[Input::new(&dims, 51)],
         |t| t[0].norm_dims(&[0], true),
-        |x| {
-            along(&x[0], &dims, 0, |l| {
-                vec![l.iter().map(|v| v * v).sum::<f64>().sqrt()]
-            })
-        },
+        |x| along(&x[0], &dims, 0, |l| vec![l.iter().map(|v| v * v).sum::<f64>().sqrt()]),
         Tol::default(),
     );
 }

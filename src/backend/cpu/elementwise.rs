@@ -13,9 +13,7 @@ fn map_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
     if out.len() < PAR_MIN_ELEMS {
         f(0, out);
     } else {
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, c)| f(i * CHUNK, c));
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
     }
 }
 
@@ -158,14 +156,7 @@ fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
 
 /// Broadcasting binary op. Fast paths: equal shapes, and a scalar operand; otherwise the
 /// innermost dim runs as a straight (possibly constant-stride) loop per output row.
-pub fn binary(
-    op: BinaryOp,
-    a: &[f32],
-    a_dims: &[usize],
-    b: &[f32],
-    b_dims: &[usize],
-    out_dims: &[usize],
-) -> Vec<f32> {
+pub fn binary(op: BinaryOp, a: &[f32], a_dims: &[usize], b: &[f32], b_dims: &[usize], out_dims: &[usize]) -> Vec<f32> {
     let n: usize = out_dims.iter().product();
     let mut out = vec![0.0; n];
     if n == 0 {
@@ -180,10 +171,7 @@ pub fn binary(
         return out;
     }
     let r = out_dims.len();
-    let (sa, sb) = (
-        broadcast_strides(a_dims, out_dims),
-        broadcast_strides(b_dims, out_dims),
-    );
+    let (sa, sb) = (broadcast_strides(a_dims, out_dims), broadcast_strides(b_dims, out_dims));
     let inner = out_dims[r - 1];
     let (ia, ib) = (sa[r - 1], sb[r - 1]);
     let row_fn = |row: usize, o: &mut [f32]| {
@@ -220,9 +208,7 @@ pub fn binary(
             row_fn(row, o);
         }
     } else {
-        out.par_chunks_mut(inner)
-            .enumerate()
-            .for_each(|(row, o)| row_fn(row, o));
+        out.par_chunks_mut(inner).enumerate().for_each(|(row, o)| row_fn(row, o));
     }
     out
 }
@@ -234,11 +220,7 @@ pub fn sgd_step(param: &mut [f32], grad: &[f32], buf: &mut [f32], s: &SgdStep) {
         for i in 0..p.len() {
             let gi = g[i] + s.weight_decay * p[i];
             let step = if s.momentum != 0.0 {
-                let mi = if s.first_step {
-                    gi
-                } else {
-                    s.momentum * m[i] + gi
-                };
+                let mi = if s.first_step { gi } else { s.momentum * m[i] + gi };
                 m[i] = mi;
                 if s.nesterov {
                     gi + s.momentum * mi
