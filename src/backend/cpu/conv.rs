@@ -856,7 +856,7 @@ mod tests {
         let s = Sizes::of(&g);
         let t = tile_rows(s.kk, g.h_out, g.w_out);
         assert!(
-            t < g.h_out && g.h_out % t != 0,
+            t < g.h_out && !g.h_out.is_multiple_of(t),
             "tile of {t} rows over {}",
             g.h_out
         );
