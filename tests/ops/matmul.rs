@@ -57,6 +57,7 @@ fn mm_ref(a: &[f64], b: &[f64], p: Mm) -> Vec<f64> {
 }
 
 /// Checks op(A)·op(B) with A of shape `a_lead ++ [rows, cols]` (stored transposed when ta).
+#[allow(clippy::too_many_arguments)]
 fn check_mm(
     dev: Device,
     a_lead: &[usize],
