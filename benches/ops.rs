@@ -10,17 +10,12 @@ use kdscout::backend::{Conv2dGeom, MatmulGeom};
 use std::time::Duration;
 
 fn data(len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-        .collect()
+    (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect()
 }
 
 fn bench_gemm(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemm");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1));
+    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     let plain = |m, k, n| MatmulGeom {
         batch: 1,
         m,
@@ -94,10 +89,7 @@ fn conv_geom(
 
 fn bench_conv(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1));
+    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     let cases = [
         // resnet56's three 3x3 stages at batch 64.
         ("r56_16x32x32_b64", conv_geom(64, 16, 32, 16, 3, 1, 1, 1)),
@@ -105,10 +97,7 @@ fn bench_conv(c: &mut Criterion) {
         ("r56_64x8x8_b64", conv_geom(64, 64, 8, 64, 3, 1, 1, 1)),
         // MobileNet-style depthwise 3x3 and a pointwise 1x1.
         ("dw_96x32x32_b64", conv_geom(64, 96, 32, 96, 3, 1, 1, 96)),
-        (
-            "pw_64to128x16x16_b64",
-            conv_geom(64, 64, 16, 128, 1, 1, 0, 1),
-        ),
+        ("pw_64to128x16x16_b64", conv_geom(64, 64, 16, 128, 1, 1, 0, 1)),
     ];
     for (name, g) in cases {
         let x = data(g.n * g.c_in * g.h * g.w);

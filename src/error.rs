@@ -29,22 +29,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
-        Error::Shape {
-            op,
-            detail: detail.into(),
-        }
+        Error::Shape { op, detail: detail.into() }
     }
     pub fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
-        Error::Invalid {
-            op,
-            detail: detail.into(),
-        }
+        Error::Invalid { op, detail: detail.into() }
     }
     pub fn data(path: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Data {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Error::Data { path: path.into(), detail: detail.into() }
     }
 }
 

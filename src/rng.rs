@@ -13,10 +13,7 @@ pub struct Rng {
 
 impl Rng {
     pub fn seed(seed: u64) -> Self {
-        Rng {
-            inner: ChaCha8Rng::seed_from_u64(seed),
-            spare_normal: None,
-        }
+        Rng { inner: ChaCha8Rng::seed_from_u64(seed), spare_normal: None }
     }
     /// An independent generator for a named sub-task (e.g. one per candidate), derived from this one.
     pub fn fork(&mut self) -> Rng {

@@ -9,8 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::backend::{
-    BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind,
-    ResizeGeom, Storage, UnaryOp,
+    BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorId};
@@ -41,98 +40,27 @@ impl Drop for NoGradGuard {
 
 /// What each primitive keeps for its backward rule.
 pub(crate) enum Op {
-    Unary {
-        op: UnaryOp,
-        x: Tensor,
-    },
-    Binary {
-        op: BinaryOp,
-        a: Tensor,
-        b: Tensor,
-    },
-    Reshape {
-        x: Tensor,
-    },
-    Permute {
-        x: Tensor,
-        perm: Vec<usize>,
-    },
-    Concat {
-        parts: Vec<Tensor>,
-        dim: usize,
-    },
-    Narrow {
-        x: Tensor,
-        dim: usize,
-        start: usize,
-    },
-    Matmul {
-        a: Tensor,
-        b: Tensor,
-        g: MatmulGeom,
-    },
-    Conv2d {
-        x: Tensor,
-        w: Tensor,
-        g: Conv2dGeom,
-    },
-    Pool2d {
-        kind: PoolKind,
-        x: Tensor,
-        g: Pool2dGeom,
-    },
-    AdaptiveAvgPool2d {
-        x: Tensor,
-        g: ResizeGeom,
-    },
-    Interpolate {
-        mode: InterpMode,
-        x: Tensor,
-        g: ResizeGeom,
-    },
-    BatchNormTrain {
-        x: Tensor,
-        gamma: Tensor,
-        beta: Tensor,
-        mean: Storage,
-        invstd: Storage,
-        g: NormGeom,
-    },
-    LayerNorm {
-        x: Tensor,
-        gamma: Tensor,
-        beta: Tensor,
-        mean: Storage,
-        invstd: Storage,
-        g: NormGeom,
-    },
-    Softmax {
-        x: Tensor,
-        g: DimGeom,
-        log: bool,
-    },
-    CrossEntropy {
-        logits: Tensor,
-        labels: Arc<[u32]>,
-    },
-    KlDiv {
-        log_q: Tensor,
-        p: Tensor,
-    },
+    Unary { op: UnaryOp, x: Tensor },
+    Binary { op: BinaryOp, a: Tensor, b: Tensor },
+    Reshape { x: Tensor },
+    Permute { x: Tensor, perm: Vec<usize> },
+    Concat { parts: Vec<Tensor>, dim: usize },
+    Narrow { x: Tensor, dim: usize, start: usize },
+    Matmul { a: Tensor, b: Tensor, g: MatmulGeom },
+    Conv2d { x: Tensor, w: Tensor, g: Conv2dGeom },
+    Pool2d { kind: PoolKind, x: Tensor, g: Pool2dGeom },
+    AdaptiveAvgPool2d { x: Tensor, g: ResizeGeom },
+    Interpolate { mode: InterpMode, x: Tensor, g: ResizeGeom },
+    BatchNormTrain { x: Tensor, gamma: Tensor, beta: Tensor, mean: Storage, invstd: Storage, g: NormGeom },
+    LayerNorm { x: Tensor, gamma: Tensor, beta: Tensor, mean: Storage, invstd: Storage, g: NormGeom },
+    Softmax { x: Tensor, g: DimGeom, log: bool },
+    CrossEntropy { logits: Tensor, labels: Arc<[u32]> },
+    KlDiv { log_q: Tensor, p: Tensor },
     /// Sum over one dim, keeping it with size 1.
-    Sum {
-        x: Tensor,
-    },
+    Sum { x: Tensor },
     /// Max over one dim, keeping it with size 1.
-    Max {
-        x: Tensor,
-        dim: usize,
-    },
-    Normalize {
-        x: Tensor,
-        dim: usize,
-        eps: f32,
-    },
+    Max { x: Tensor, dim: usize },
+    Normalize { x: Tensor, dim: usize, eps: f32 },
 }
 
 impl Op {
@@ -153,9 +81,7 @@ impl Op {
             Op::Binary { a, b, .. } | Op::Matmul { a, b, .. } => vec![a, b],
             Op::Conv2d { x, w, .. } => vec![x, w],
             Op::KlDiv { log_q, p } => vec![log_q, p],
-            Op::BatchNormTrain { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => {
-                vec![x, gamma, beta]
-            }
+            Op::BatchNormTrain { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
             Op::Concat { parts, .. } => parts.iter().collect(),
         }
     }
@@ -187,29 +113,18 @@ impl Grads {
 /// Reverse-mode sweep from a scalar `root`.
 pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
     if root.numel() != 1 {
-        return Err(Error::shape(
-            "backward",
-            format!("the loss must have one element, got shape {}", root.shape()),
-        ));
+        return Err(Error::shape("backward", format!("the loss must have one element, got shape {}", root.shape())));
     }
     if !root.requires_grad() {
-        return Err(Error::invalid(
-            "backward",
-            "the loss does not depend on any tensor that requires grad",
-        ));
+        return Err(Error::invalid("backward", "the loss does not depend on any tensor that requires grad"));
     }
     let _guard = no_grad();
     let order = topological_order(root);
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-    grads.insert(
-        root.id(),
-        Tensor::ones(root.shape().clone(), root.device())?,
-    );
+    grads.insert(root.id(), Tensor::ones(root.shape().clone(), root.device())?);
     for node in order.iter().rev() {
         let Some(op) = node.op() else { continue };
-        let Some(grad) = grads.get(&node.id()).cloned() else {
-            continue;
-        };
+        let Some(grad) = grads.get(&node.id()).cloned() else { continue };
         let input_grads = backward_rule(op, node, &grad)?;
         // Intermediate gradients are dropped once used; leaves keep theirs.
         grads.remove(&node.id());
@@ -265,10 +180,7 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
     let be = y.backend();
     let dys = dy.storage();
     Ok(match op {
-        Op::Unary { op, x } => vec![Some(wrap(
-            be.unary_backward(*op, &x.storage(), &y.storage(), &dys)?,
-            x,
-        ))],
+        Op::Unary { op, x } => vec![Some(wrap(be.unary_backward(*op, &x.storage(), &y.storage(), &dys)?, x))],
         Op::Binary { op, a, b } => {
             // d(a∘b): elementwise rule, then sum over the dims each operand was broadcast along.
             let (ga, gb) = match op {
@@ -280,10 +192,7 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
                     (ga.clone(), ga.mul(y)?.neg()?)
                 }
             };
-            vec![
-                Some(ga.sum_to_shape(a.shape())?),
-                Some(gb.sum_to_shape(b.shape())?),
-            ]
+            vec![Some(ga.sum_to_shape(a.shape())?), Some(gb.sum_to_shape(b.shape())?)]
         }
         Op::Reshape { x } => vec![Some(dy.reshape(x.shape().clone())?)],
         Op::Permute { x: _, perm } => {
@@ -320,89 +229,27 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
             if start + len < total {
                 parts.push(piece(total - start - len)?);
             }
-            vec![Some(Tensor::concat(
-                &parts.iter().collect::<Vec<_>>(),
-                *dim,
-            )?)]
+            vec![Some(Tensor::concat(&parts.iter().collect::<Vec<_>>(), *dim)?)]
         }
         Op::Matmul { a, b, g } => {
             // C = op(A)·op(B). dA = dC·op(B)ᵀ (stored transposed when trans_a), dB = op(A)ᵀ·dC.
             let (sa, sb) = (a.storage(), b.storage());
             let da = if g.trans_a {
                 // A stored [k, m]: dA = op(B)·dCᵀ.
-                be.matmul(
-                    &sb,
-                    &dys,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.k,
-                        k: g.n,
-                        n: g.m,
-                        trans_a: g.trans_b,
-                        trans_b: true,
-                        a_broadcast: g.b_broadcast,
-                        b_broadcast: false,
-                    },
-                )?
+                be.matmul(&sb, &dys, &MatmulGeom { batch: g.batch, m: g.k, k: g.n, n: g.m, trans_a: g.trans_b, trans_b: true, a_broadcast: g.b_broadcast, b_broadcast: false })?
             } else {
-                be.matmul(
-                    &dys,
-                    &sb,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.m,
-                        k: g.n,
-                        n: g.k,
-                        trans_a: false,
-                        trans_b: !g.trans_b,
-                        a_broadcast: false,
-                        b_broadcast: g.b_broadcast,
-                    },
-                )?
+                be.matmul(&dys, &sb, &MatmulGeom { batch: g.batch, m: g.m, k: g.n, n: g.k, trans_a: false, trans_b: !g.trans_b, a_broadcast: false, b_broadcast: g.b_broadcast })?
             };
             let db = if g.trans_b {
                 // B stored [n, k]: dB = dCᵀ·op(A).
-                be.matmul(
-                    &dys,
-                    &sa,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.n,
-                        k: g.m,
-                        n: g.k,
-                        trans_a: true,
-                        trans_b: g.trans_a,
-                        a_broadcast: false,
-                        b_broadcast: g.a_broadcast,
-                    },
-                )?
+                be.matmul(&dys, &sa, &MatmulGeom { batch: g.batch, m: g.n, k: g.m, n: g.k, trans_a: true, trans_b: g.trans_a, a_broadcast: false, b_broadcast: g.a_broadcast })?
             } else {
-                be.matmul(
-                    &sa,
-                    &dys,
-                    &MatmulGeom {
-                        batch: g.batch,
-                        m: g.k,
-                        k: g.m,
-                        n: g.n,
-                        trans_a: !g.trans_a,
-                        trans_b: false,
-                        a_broadcast: g.a_broadcast,
-                        b_broadcast: false,
-                    },
-                )?
+                be.matmul(&sa, &dys, &MatmulGeom { batch: g.batch, m: g.k, k: g.m, n: g.n, trans_a: !g.trans_a, trans_b: false, a_broadcast: g.a_broadcast, b_broadcast: false })?
             };
             // A broadcast operand receives the sum over the batch.
             let reduce_batch = |s: Storage, per: usize, broadcast: bool| -> Result<Storage> {
                 if broadcast && g.batch > 1 {
-                    be.reduce_sum(
-                        &s,
-                        DimGeom {
-                            outer: 1,
-                            len: g.batch,
-                            inner: per,
-                        },
-                    )
+                    be.reduce_sum(&s, DimGeom { outer: 1, len: g.batch, inner: per })
                 } else {
                     Ok(s)
                 }
@@ -416,78 +263,34 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
             let dw = be.conv2d_backward_weight(&x.storage(), &dys, g)?;
             vec![Some(wrap(dx, x)), Some(wrap(dw, w))]
         }
-        Op::Pool2d { kind, x, g } => vec![Some(wrap(
-            be.pool2d_backward(*kind, &x.storage(), &dys, g)?,
-            x,
-        ))],
-        Op::AdaptiveAvgPool2d { x, g } => {
-            vec![Some(wrap(be.adaptive_avg_pool2d_backward(&dys, g)?, x))]
+        Op::Pool2d { kind, x, g } => vec![Some(wrap(be.pool2d_backward(*kind, &x.storage(), &dys, g)?, x))],
+        Op::AdaptiveAvgPool2d { x, g } => vec![Some(wrap(be.adaptive_avg_pool2d_backward(&dys, g)?, x))],
+        Op::Interpolate { mode, x, g } => vec![Some(wrap(be.interpolate_backward(*mode, &dys, g)?, x))],
+        Op::BatchNormTrain { x, gamma, beta, mean, invstd, g } => {
+            let (dx, dg, db) = be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
+            vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]
         }
-        Op::Interpolate { mode, x, g } => {
-            vec![Some(wrap(be.interpolate_backward(*mode, &dys, g)?, x))]
+        Op::LayerNorm { x, gamma, beta, mean, invstd, g } => {
+            let (dx, dg, db) = be.layer_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
+            vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]
         }
-        Op::BatchNormTrain {
-            x,
-            gamma,
-            beta,
-            mean,
-            invstd,
-            g,
-        } => {
-            let (dx, dg, db) =
-                be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
-            vec![
-                Some(wrap(dx, x)),
-                Some(wrap(dg, gamma)),
-                Some(wrap(db, beta)),
-            ]
-        }
-        Op::LayerNorm {
-            x,
-            gamma,
-            beta,
-            mean,
-            invstd,
-            g,
-        } => {
-            let (dx, dg, db) =
-                be.layer_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
-            vec![
-                Some(wrap(dx, x)),
-                Some(wrap(dg, gamma)),
-                Some(wrap(db, beta)),
-            ]
-        }
-        Op::Softmax { x, g, log } => vec![Some(wrap(
-            be.softmax_backward(&y.storage(), &dys, *g, *log)?,
-            x,
-        ))],
+        Op::Softmax { x, g, log } => vec![Some(wrap(be.softmax_backward(&y.storage(), &dys, *g, *log)?, x))],
         Op::CrossEntropy { logits, labels } => {
             let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
-            vec![Some(wrap(
-                be.cross_entropy_backward(&logits.storage(), labels, &dys, rows, classes)?,
-                logits,
-            ))]
+            vec![Some(wrap(be.cross_entropy_backward(&logits.storage(), labels, &dys, rows, classes)?, logits))]
         }
         Op::KlDiv { log_q, p } => {
-            let (dq, dp) =
-                be.kl_div_backward(&log_q.storage(), &p.storage(), &dys, log_q.dims()[0])?;
+            let (dq, dp) = be.kl_div_backward(&log_q.storage(), &p.storage(), &dys, log_q.dims()[0])?;
             vec![Some(wrap(dq, log_q)), Some(wrap(dp, p))]
         }
         Op::Sum { x } => vec![Some(dy.broadcast_to(x.shape())?)],
         Op::Max { x, dim } => {
             let g = DimGeom::new(x.dims(), *dim);
-            vec![Some(wrap(
-                be.reduce_max_backward(&x.storage(), &dys, g)?,
-                x,
-            ))]
+            vec![Some(wrap(be.reduce_max_backward(&x.storage(), &dys, g)?, x))]
         }
         Op::Normalize { x, dim, eps } => {
             let g = DimGeom::new(x.dims(), *dim);
-            vec![Some(wrap(
-                be.normalize_backward(&x.storage(), &dys, g, *eps)?,
-                x,
-            ))]
+            vec![Some(wrap(be.normalize_backward(&x.storage(), &dys, g, *eps)?, x))]
         }
     })
 }

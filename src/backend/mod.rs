@@ -81,10 +81,7 @@ pub enum UnaryOp {
     Pow(f32),
     Abs,
     /// x·mul + add: scaling, negation and scalar shifts in one op.
-    Affine {
-        mul: f32,
-        add: f32,
-    },
+    Affine { mul: f32, add: f32 },
     /// max(x, lo); gradient flows where x > lo.
     ClampMin(f32),
 }
@@ -156,13 +153,7 @@ pub struct Conv2dGeom {
 
 impl Conv2dGeom {
     pub fn flops(&self) -> f64 {
-        2.0 * (self.n
-            * self.c_out
-            * self.h_out
-            * self.w_out
-            * (self.c_in / self.groups)
-            * self.kh
-            * self.kw) as f64
+        2.0 * (self.n * self.c_out * self.h_out * self.w_out * (self.c_in / self.groups) * self.kh * self.kw) as f64
     }
 }
 
@@ -170,9 +161,7 @@ impl Conv2dGeom {
 pub enum PoolKind {
     Max,
     /// Average; `count_include_pad` divides by the full window even where it covers padding.
-    Avg {
-        count_include_pad: bool,
-    },
+    Avg { count_include_pad: bool },
 }
 
 /// 2-D pooling window over x [n, c, h, w] -> [n, c, h_out, w_out] (floor mode).
@@ -243,36 +232,16 @@ pub trait Backend: Send + Sync {
     // ---- elementwise ----
     fn unary(&self, op: UnaryOp, x: &Storage) -> Result<Storage>;
     /// dx given x, y = op(x) and dy (each rule reads whichever of x and y is cheaper).
-    fn unary_backward(
-        &self,
-        op: UnaryOp,
-        x: &Storage,
-        y: &Storage,
-        dy: &Storage,
-    ) -> Result<Storage>;
+    fn unary_backward(&self, op: UnaryOp, x: &Storage, y: &Storage, dy: &Storage) -> Result<Storage>;
     /// Broadcasting binary op (numpy rules; shapes already padded to the same rank).
-    fn binary(
-        &self,
-        op: BinaryOp,
-        a: &Storage,
-        a_dims: &[usize],
-        b: &Storage,
-        b_dims: &[usize],
-        out_dims: &[usize],
-    ) -> Result<Storage>;
+    fn binary(&self, op: BinaryOp, a: &Storage, a_dims: &[usize], b: &Storage, b_dims: &[usize], out_dims: &[usize]) -> Result<Storage>;
     /// Sum x over the dimensions where `to_dims` is 1 (the adjoint of broadcasting).
     fn sum_to(&self, x: &Storage, x_dims: &[usize], to_dims: &[usize]) -> Result<Storage>;
 
     // ---- layout ----
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage>;
     /// Concatenate along the middle axis of [outer, len_i, inner] views; `lens` per part.
-    fn concat(
-        &self,
-        parts: &[&Storage],
-        outer: usize,
-        lens: &[usize],
-        inner: usize,
-    ) -> Result<Storage>;
+    fn concat(&self, parts: &[&Storage], outer: usize, lens: &[usize], inner: usize) -> Result<Storage>;
     /// Slice [start, start+len) of the middle axis of x viewed as `g`.
     fn narrow(&self, x: &Storage, g: DimGeom, start: usize, len: usize) -> Result<Storage>;
 
@@ -285,22 +254,11 @@ pub trait Backend: Send + Sync {
     // ---- pooling and resampling ----
     fn pool2d(&self, kind: PoolKind, x: &Storage, g: &Pool2dGeom) -> Result<Storage>;
     /// Max pooling routes dy to the first maximum of each window (PyTorch's choice), found from x.
-    fn pool2d_backward(
-        &self,
-        kind: PoolKind,
-        x: &Storage,
-        dy: &Storage,
-        g: &Pool2dGeom,
-    ) -> Result<Storage>;
+    fn pool2d_backward(&self, kind: PoolKind, x: &Storage, dy: &Storage, g: &Pool2dGeom) -> Result<Storage>;
     fn adaptive_avg_pool2d(&self, x: &Storage, g: &ResizeGeom) -> Result<Storage>;
     fn adaptive_avg_pool2d_backward(&self, dy: &Storage, g: &ResizeGeom) -> Result<Storage>;
     fn interpolate(&self, mode: InterpMode, x: &Storage, g: &ResizeGeom) -> Result<Storage>;
-    fn interpolate_backward(
-        &self,
-        mode: InterpMode,
-        dy: &Storage,
-        g: &ResizeGeom,
-    ) -> Result<Storage>;
+    fn interpolate_backward(&self, mode: InterpMode, dy: &Storage, g: &ResizeGeom) -> Result<Storage>;
 
     // ---- normalisation ----
     /// Train-mode batchnorm: returns (y, batch mean, 1/sqrt(biased var + eps)) and updates the
@@ -326,13 +284,7 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Storage, Storage, Storage)>;
     /// Layer norm over the last axis of x viewed as [rows, cols] (g.n = rows, g.c = cols):
     /// returns (y, mean, invstd) per row.
-    fn layer_norm(
-        &self,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        g: &NormGeom,
-    ) -> Result<(Storage, Storage, Storage)>;
+    fn layer_norm(&self, x: &Storage, gamma: &Storage, beta: &Storage, g: &NormGeom) -> Result<(Storage, Storage, Storage)>;
     fn layer_norm_backward(
         &self,
         x: &Storage,
@@ -345,66 +297,31 @@ pub trait Backend: Send + Sync {
 
     // ---- softmax family and reductions (over the middle axis of a DimGeom) ----
     fn softmax(&self, x: &Storage, g: DimGeom, log: bool) -> Result<Storage>;
-    fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool)
-        -> Result<Storage>;
+    fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool) -> Result<Storage>;
     /// Mean cross-entropy of logits [rows, classes] against labels; returns a 1-element storage.
-    fn cross_entropy(
-        &self,
-        logits: &Storage,
-        labels: &[u32],
-        rows: usize,
-        classes: usize,
-    ) -> Result<Storage>;
-    fn cross_entropy_backward(
-        &self,
-        logits: &Storage,
-        labels: &[u32],
-        dloss: &Storage,
-        rows: usize,
-        classes: usize,
-    ) -> Result<Storage>;
+    fn cross_entropy(&self, logits: &Storage, labels: &[u32], rows: usize, classes: usize) -> Result<Storage>;
+    fn cross_entropy_backward(&self, logits: &Storage, labels: &[u32], dloss: &Storage, rows: usize, classes: usize) -> Result<Storage>;
     /// KL(p || q) with q given as log-probabilities, summed and divided by rows (`batchmean`).
     fn kl_div(&self, log_q: &Storage, p: &Storage, rows: usize) -> Result<Storage>;
     /// (d log_q, d p).
-    fn kl_div_backward(
-        &self,
-        log_q: &Storage,
-        p: &Storage,
-        dloss: &Storage,
-        rows: usize,
-    ) -> Result<(Storage, Storage)>;
+    fn kl_div_backward(&self, log_q: &Storage, p: &Storage, dloss: &Storage, rows: usize) -> Result<(Storage, Storage)>;
     fn reduce_sum(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
     fn reduce_max(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
     /// Routes dy to the first maximum along the axis, found from x.
     fn reduce_max_backward(&self, x: &Storage, dy: &Storage, g: DimGeom) -> Result<Storage>;
     /// `F.normalize(x, p=2, dim, eps)`: x / max(||x||, eps) along the axis.
     fn normalize(&self, x: &Storage, g: DimGeom, eps: f32) -> Result<Storage>;
-    fn normalize_backward(
-        &self,
-        x: &Storage,
-        dy: &Storage,
-        g: DimGeom,
-        eps: f32,
-    ) -> Result<Storage>;
+    fn normalize_backward(&self, x: &Storage, dy: &Storage, g: DimGeom, eps: f32) -> Result<Storage>;
 
     // ---- optimisation ----
     /// One fused SGD pass: weight decay, momentum, Nesterov and the update, per element.
-    fn sgd_step(
-        &self,
-        param: &mut Storage,
-        grad: &Storage,
-        momentum_buf: &mut Storage,
-        step: &SgdStep,
-    ) -> Result<()>;
+    fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()>;
 }
 
 /// Reject storages from another device with an error naming both.
 pub(crate) fn same_device(op: &'static str, a: Device, b: Device) -> Result<()> {
     if a != b {
-        return Err(Error::Device {
-            op,
-            detail: format!("tensors on {a} and {b}; move them to one device first"),
-        });
+        return Err(Error::Device { op, detail: format!("tensors on {a} and {b}; move them to one device first") });
     }
     Ok(())
 }

@@ -62,12 +62,7 @@ pub struct Tensor(pub(crate) Arc<TensorInner>);
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor{}{}",
-            self.shape(),
-            if self.requires_grad() { " (grad)" } else { "" }
-        )
+        write!(f, "Tensor{}{}", self.shape(), if self.requires_grad() { " (grad)" } else { "" })
     }
 }
 
@@ -76,11 +71,7 @@ impl Tensor {
 
     pub(crate) fn from_storage(storage: Storage, shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
-        debug_assert_eq!(
-            storage.len(),
-            shape.numel(),
-            "storage/shape length for {shape}"
-        );
+        debug_assert_eq!(storage.len(), shape.numel(), "storage/shape length for {shape}");
         Tensor(Arc::new(TensorInner {
             id: TensorId::fresh(),
             device: storage.device(),
@@ -95,11 +86,7 @@ impl Tensor {
     pub(crate) fn from_op(storage: Storage, shape: impl Into<Shape>, op: Op) -> Tensor {
         let track = autograd::is_recording() && op.inputs().iter().any(|t| t.requires_grad());
         let shape = shape.into();
-        debug_assert_eq!(
-            storage.len(),
-            shape.numel(),
-            "storage/shape length for {shape}"
-        );
+        debug_assert_eq!(storage.len(), shape.numel(), "storage/shape length for {shape}");
         Tensor(Arc::new(TensorInner {
             id: TensorId::fresh(),
             device: storage.device(),
@@ -113,10 +100,7 @@ impl Tensor {
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(Error::shape(
-                "from_vec",
-                format!("{} values do not fill shape {shape}", data.len()),
-            ));
+            return Err(Error::shape("from_vec", format!("{} values do not fill shape {shape}", data.len())));
         }
         let storage = match device {
             Device::Cpu => Storage::Cpu(data),
@@ -127,23 +111,14 @@ impl Tensor {
     pub fn from_slice(data: &[f32], shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(Error::shape(
-                "from_slice",
-                format!("{} values do not fill shape {shape}", data.len()),
-            ));
+            return Err(Error::shape("from_slice", format!("{} values do not fill shape {shape}", data.len())));
         }
-        Ok(Tensor::from_storage(
-            device.backend().from_host(data)?,
-            shape,
-        ))
+        Ok(Tensor::from_storage(device.backend().from_host(data)?, shape))
     }
 
     pub fn full(value: f32, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        Ok(Tensor::from_storage(
-            device.backend().full(shape.numel(), value)?,
-            shape,
-        ))
+        Ok(Tensor::from_storage(device.backend().full(shape.numel(), value)?, shape))
     }
     pub fn zeros(shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         Tensor::full(0.0, shape, device)
@@ -157,28 +132,14 @@ impl Tensor {
 
     /// Normal(mean, std) samples from the run's generator (host side, so every device gets the
     /// same numbers for the same seed).
-    pub fn randn(
-        shape: impl Into<Shape>,
-        mean: f32,
-        std: f32,
-        rng: &mut Rng,
-        device: Device,
-    ) -> Result<Tensor> {
+    pub fn randn(shape: impl Into<Shape>, mean: f32, std: f32, rng: &mut Rng, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        let data: Vec<f32> = (0..shape.numel())
-            .map(|_| mean + std * rng.normal())
-            .collect();
+        let data: Vec<f32> = (0..shape.numel()).map(|_| mean + std * rng.normal()).collect();
         Tensor::from_slice(&data, shape, device)
     }
 
     /// Uniform samples in [lo, hi).
-    pub fn rand_uniform(
-        shape: impl Into<Shape>,
-        lo: f32,
-        hi: f32,
-        rng: &mut Rng,
-        device: Device,
-    ) -> Result<Tensor> {
+    pub fn rand_uniform(shape: impl Into<Shape>, lo: f32, hi: f32, rng: &mut Rng, device: Device) -> Result<Tensor> {
         let shape = shape.into();
         let data: Vec<f32> = (0..shape.numel()).map(|_| rng.uniform(lo, hi)).collect();
         Tensor::from_slice(&data, shape, device)
@@ -240,10 +201,7 @@ impl Tensor {
     /// In-place access, for optimisers and running statistics. Tensors that share this one
     /// (clones) see the change; ops that already read it are unaffected.
     pub fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0
-            .storage
-            .write()
-            .expect("tensor storage lock poisoned")
+        self.0.storage.write().expect("tensor storage lock poisoned")
     }
 
     pub fn to_vec(&self) -> Result<Vec<f32>> {
@@ -253,14 +211,7 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape(
-                "item",
-                format!(
-                    "tensor of shape {} has {} elements, not 1",
-                    self.shape(),
-                    self.numel()
-                ),
-            ));
+            return Err(Error::shape("item", format!("tensor of shape {} has {} elements, not 1", self.shape(), self.numel())));
         }
         Ok(self.to_vec()?[0])
     }
@@ -268,10 +219,7 @@ impl Tensor {
     /// Overwrite the values in place (same shape), e.g. when loading weights.
     pub fn copy_from_slice(&self, data: &[f32]) -> Result<()> {
         if data.len() != self.numel() {
-            return Err(Error::shape(
-                "copy_from_slice",
-                format!("{} values for tensor of shape {}", data.len(), self.shape()),
-            ));
+            return Err(Error::shape("copy_from_slice", format!("{} values for tensor of shape {}", data.len(), self.shape())));
         }
         *self.storage_mut() = self.backend().from_host(data)?;
         Ok(())

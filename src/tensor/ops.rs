@@ -5,39 +5,25 @@ use std::sync::Arc;
 use super::{Shape, Tensor};
 use crate::autograd::Op;
 use crate::backend::{
-    same_device, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom,
-    PoolKind, ResizeGeom, UnaryOp,
+    same_device, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, UnaryOp,
 };
 use crate::error::Result;
 use crate::{invalid_err, shape_err};
 
 /// Output extent of a sliding window (floor mode), or an error when the window does not fit.
-fn window_out(
-    op: &'static str,
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-) -> Result<usize> {
+fn window_out(op: &'static str, input: usize, kernel: usize, stride: usize, pad: usize) -> Result<usize> {
     if stride == 0 || kernel == 0 {
         invalid_err!(op, "kernel {kernel} and stride {stride} must be positive");
     }
     if input + 2 * pad < kernel {
-        invalid_err!(
-            op,
-            "kernel {kernel} is larger than the padded input {input}+2*{pad}"
-        );
+        invalid_err!(op, "kernel {kernel} is larger than the padded input {input}+2*{pad}");
     }
     Ok((input + 2 * pad - kernel) / stride + 1)
 }
 
 fn expect_rank(op: &'static str, t: &Tensor, rank: usize, what: &str) -> Result<()> {
     if t.rank() != rank {
-        shape_err!(
-            op,
-            "expected {what} of rank {rank}, got shape {}",
-            t.shape()
-        );
+        shape_err!(op, "expected {what} of rank {rank}, got shape {}", t.shape());
     }
     Ok(())
 }
@@ -47,14 +33,7 @@ impl Tensor {
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         let s = self.backend().unary(op, &self.storage())?;
-        Ok(Tensor::from_op(
-            s,
-            self.shape().clone(),
-            Op::Unary {
-                op,
-                x: self.clone(),
-            },
-        ))
+        Ok(Tensor::from_op(s, self.shape().clone(), Op::Unary { op, x: self.clone() }))
     }
     pub fn relu(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Relu)
@@ -122,23 +101,8 @@ impl Tensor {
         same_device(name, self.device(), other.device())?;
         let out = Shape::broadcast(name, self.shape(), other.shape())?;
         let r = out.rank();
-        let s = self.backend().binary(
-            op,
-            &self.storage(),
-            &self.shape().padded(r),
-            &other.storage(),
-            &other.shape().padded(r),
-            out.dims(),
-        )?;
-        Ok(Tensor::from_op(
-            s,
-            out,
-            Op::Binary {
-                op,
-                a: self.clone(),
-                b: other.clone(),
-            },
-        ))
+        let s = self.backend().binary(op, &self.storage(), &self.shape().padded(r), &other.storage(), &other.shape().padded(r), out.dims())?;
+        Ok(Tensor::from_op(s, out, Op::Binary { op, a: self.clone(), b: other.clone() }))
     }
     pub fn add(&self, o: &Tensor) -> Result<Tensor> {
         self.binary(BinaryOp::Add, o)
@@ -160,22 +124,12 @@ impl Tensor {
         }
         let r = self.rank();
         if shape.rank() > r {
-            shape_err!(
-                "sum_to_shape",
-                "cannot reduce {} to higher rank {}",
-                self.shape(),
-                shape
-            );
+            shape_err!("sum_to_shape", "cannot reduce {} to higher rank {}", self.shape(), shape);
         }
         let target = shape.padded(r);
         for (i, (&t, &d)) in target.iter().zip(self.dims()).enumerate() {
             if t != d && t != 1 {
-                shape_err!(
-                    "sum_to_shape",
-                    "cannot reduce {} to {} (dim {i})",
-                    self.shape(),
-                    shape
-                );
+                shape_err!("sum_to_shape", "cannot reduce {} to {} (dim {i})", self.shape(), shape);
             }
         }
         // Expressed as a chain of recorded sums so that it is differentiable too.
@@ -195,12 +149,7 @@ impl Tensor {
         }
         let out = Shape::broadcast("broadcast_to", self.shape(), shape)?;
         if &out != shape {
-            shape_err!(
-                "broadcast_to",
-                "cannot broadcast {} to {}",
-                self.shape(),
-                shape
-            );
+            shape_err!("broadcast_to", "cannot broadcast {} to {}", self.shape(), shape);
         }
         self.add(&Tensor::zeros(shape.clone(), self.device())?)
     }
@@ -212,30 +161,15 @@ impl Tensor {
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
-            shape_err!(
-                "reshape",
-                "cannot reshape {} ({} elements) to {} ({} elements)",
-                self.shape(),
-                self.numel(),
-                shape,
-                shape.numel()
-            );
+            shape_err!("reshape", "cannot reshape {} ({} elements) to {} ({} elements)", self.shape(), self.numel(), shape, shape.numel());
         }
-        Ok(Tensor::from_op(
-            self.storage().clone(),
-            shape,
-            Op::Reshape { x: self.clone() },
-        ))
+        Ok(Tensor::from_op(self.storage().clone(), shape, Op::Reshape { x: self.clone() }))
     }
 
     /// Collapse dims [start..] into one.
     pub fn flatten_from(&self, start: usize) -> Result<Tensor> {
         if start > self.rank() {
-            invalid_err!(
-                "flatten",
-                "start dim {start} out of range for shape {}",
-                self.shape()
-            );
+            invalid_err!("flatten", "start dim {start} out of range for shape {}", self.shape());
         }
         let mut d = self.dims()[..start].to_vec();
         d.push(self.dims()[start..].iter().product());
@@ -245,37 +179,18 @@ impl Tensor {
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let r = self.rank();
         let mut seen = vec![false; r];
-        if perm.len() != r
-            || perm
-                .iter()
-                .any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
-        {
-            invalid_err!(
-                "permute",
-                "{perm:?} is not a permutation of the {r} dims of {}",
-                self.shape()
-            );
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+            invalid_err!("permute", "{perm:?} is not a permutation of the {r} dims of {}", self.shape());
         }
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         let s = self.backend().permute(&self.storage(), self.dims(), perm)?;
-        Ok(Tensor::from_op(
-            s,
-            dims,
-            Op::Permute {
-                x: self.clone(),
-                perm: perm.to_vec(),
-            },
-        ))
+        Ok(Tensor::from_op(s, dims, Op::Permute { x: self.clone(), perm: perm.to_vec() }))
     }
 
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
         let r = self.rank();
         if d0 >= r || d1 >= r {
-            invalid_err!(
-                "transpose",
-                "dims {d0},{d1} out of range for shape {}",
-                self.shape()
-            );
+            invalid_err!("transpose", "dims {d0},{d1} out of range for shape {}", self.shape());
         }
         let mut perm: Vec<usize> = (0..r).collect();
         perm.swap(d0, d1);
@@ -283,31 +198,15 @@ impl Tensor {
     }
 
     pub fn concat(parts: &[&Tensor], dim: usize) -> Result<Tensor> {
-        let Some(first) = parts.first() else {
-            invalid_err!("concat", "no tensors to concatenate")
-        };
+        let Some(first) = parts.first() else { invalid_err!("concat", "no tensors to concatenate") };
         if dim >= first.rank() {
-            invalid_err!(
-                "concat",
-                "dim {dim} out of range for shape {}",
-                first.shape()
-            );
+            invalid_err!("concat", "dim {dim} out of range for shape {}", first.shape());
         }
         for p in parts {
             same_device("concat", first.device(), p.device())?;
-            let ok = p.rank() == first.rank()
-                && p.dims()
-                    .iter()
-                    .zip(first.dims())
-                    .enumerate()
-                    .all(|(i, (a, b))| i == dim || a == b);
+            let ok = p.rank() == first.rank() && p.dims().iter().zip(first.dims()).enumerate().all(|(i, (a, b))| i == dim || a == b);
             if !ok {
-                shape_err!(
-                    "concat",
-                    "shapes {} and {} differ outside dim {dim}",
-                    first.shape(),
-                    p.shape()
-                );
+                shape_err!("concat", "shapes {} and {} differ outside dim {dim}", first.shape(), p.shape());
             }
         }
         let g = DimGeom::new(first.dims(), dim);
@@ -318,49 +217,23 @@ impl Tensor {
         let mut out = first.dims().to_vec();
         out[dim] = lens.iter().sum();
         drop(guards);
-        Ok(Tensor::from_op(
-            s,
-            out,
-            Op::Concat {
-                parts: parts.iter().map(|&p| p.clone()).collect(),
-                dim,
-            },
-        ))
+        Ok(Tensor::from_op(s, out, Op::Concat { parts: parts.iter().map(|&p| p.clone()).collect(), dim }))
     }
 
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         if dim >= self.rank() || start + len > self.dims()[dim] {
-            invalid_err!(
-                "narrow",
-                "range {start}..{} of dim {dim} out of bounds for shape {}",
-                start + len,
-                self.shape()
-            );
+            invalid_err!("narrow", "range {start}..{} of dim {dim} out of bounds for shape {}", start + len, self.shape());
         }
-        let s =
-            self.backend()
-                .narrow(&self.storage(), DimGeom::new(self.dims(), dim), start, len)?;
+        let s = self.backend().narrow(&self.storage(), DimGeom::new(self.dims(), dim), start, len)?;
         let mut out = self.dims().to_vec();
         out[dim] = len;
-        Ok(Tensor::from_op(
-            s,
-            out,
-            Op::Narrow {
-                x: self.clone(),
-                dim,
-                start,
-            },
-        ))
+        Ok(Tensor::from_op(s, out, Op::Narrow { x: self.clone(), dim, start }))
     }
 
     /// Split along `dim` into pieces of the given sizes (they must add up to the dim).
     pub fn split(&self, sizes: &[usize], dim: usize) -> Result<Vec<Tensor>> {
         if dim >= self.rank() || sizes.iter().sum::<usize>() != self.dims()[dim] {
-            invalid_err!(
-                "split",
-                "sizes {sizes:?} do not add up to dim {dim} of shape {}",
-                self.shape()
-            );
+            invalid_err!("split", "sizes {sizes:?} do not add up to dim {dim} of shape {}", self.shape());
         }
         let mut start = 0;
         sizes
@@ -376,22 +249,11 @@ impl Tensor {
     /// ShuffleNet's channel shuffle on [n, c, h, w]: view as [n, g, c/g, h, w], swap g and c/g.
     pub fn channel_shuffle(&self, groups: usize) -> Result<Tensor> {
         expect_rank("channel_shuffle", self, 4, "input [n, c, h, w]")?;
-        let [n, c, h, w] = [
-            self.dims()[0],
-            self.dims()[1],
-            self.dims()[2],
-            self.dims()[3],
-        ];
+        let [n, c, h, w] = [self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]];
         if groups == 0 || c % groups != 0 {
-            invalid_err!(
-                "channel_shuffle",
-                "{c} channels of {} do not split into {groups} groups",
-                self.shape()
-            );
+            invalid_err!("channel_shuffle", "{c} channels of {} do not split into {groups} groups", self.shape());
         }
-        self.reshape([n, groups, c / groups, h, w])?
-            .permute(&[0, 2, 1, 3, 4])?
-            .reshape([n, c, h, w])
+        self.reshape([n, groups, c / groups, h, w])?.permute(&[0, 2, 1, 3, 4])?.reshape([n, c, h, w])
     }
 
     // ================================================================ matmul
@@ -402,32 +264,14 @@ impl Tensor {
     pub fn matmul_t(&self, other: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         same_device("matmul", self.device(), other.device())?;
         if self.rank() < 2 || other.rank() < 2 {
-            shape_err!(
-                "matmul",
-                "operands need rank >= 2, got {} and {}",
-                self.shape(),
-                other.shape()
-            );
+            shape_err!("matmul", "operands need rank >= 2, got {} and {}", self.shape(), other.shape());
         }
         let (ad, bd) = (self.dims(), other.dims());
         let (ar, br) = (ad.len(), bd.len());
-        let (m, ka) = if trans_a {
-            (ad[ar - 1], ad[ar - 2])
-        } else {
-            (ad[ar - 2], ad[ar - 1])
-        };
-        let (kb, n) = if trans_b {
-            (bd[br - 1], bd[br - 2])
-        } else {
-            (bd[br - 2], bd[br - 1])
-        };
+        let (m, ka) = if trans_a { (ad[ar - 1], ad[ar - 2]) } else { (ad[ar - 2], ad[ar - 1]) };
+        let (kb, n) = if trans_b { (bd[br - 1], bd[br - 2]) } else { (bd[br - 2], bd[br - 1]) };
         if ka != kb {
-            shape_err!(
-                "matmul",
-                "inner dims differ: {} (trans {trans_a}) · {} (trans {trans_b})",
-                self.shape(),
-                other.shape()
-            );
+            shape_err!("matmul", "inner dims differ: {} (trans {trans_a}) · {} (trans {trans_b})", self.shape(), other.shape());
         }
         let (a_lead, b_lead) = (&ad[..ar - 2], &bd[..br - 2]);
         let (a_batch, b_batch): (usize, usize) = (a_lead.iter().product(), b_lead.iter().product());
@@ -436,38 +280,14 @@ impl Tensor {
         } else if a_batch == 1 && b_lead.len() >= a_lead.len() {
             b_lead.to_vec()
         } else {
-            shape_err!(
-                "matmul",
-                "batch dims of {} and {} neither match nor broadcast",
-                self.shape(),
-                other.shape()
-            );
+            shape_err!("matmul", "batch dims of {} and {} neither match nor broadcast", self.shape(), other.shape());
         };
         let batch: usize = lead.iter().product();
-        let g = MatmulGeom {
-            batch,
-            m,
-            k: ka,
-            n,
-            trans_a,
-            trans_b,
-            a_broadcast: a_batch != batch,
-            b_broadcast: b_batch != batch,
-        };
-        let s = self
-            .backend()
-            .matmul(&self.storage(), &other.storage(), &g)?;
+        let g = MatmulGeom { batch, m, k: ka, n, trans_a, trans_b, a_broadcast: a_batch != batch, b_broadcast: b_batch != batch };
+        let s = self.backend().matmul(&self.storage(), &other.storage(), &g)?;
         let mut out = lead;
         out.extend([m, n]);
-        Ok(Tensor::from_op(
-            s,
-            out,
-            Op::Matmul {
-                a: self.clone(),
-                b: other.clone(),
-                g,
-            },
-        ))
+        Ok(Tensor::from_op(s, out, Op::Matmul { a: self.clone(), b: other.clone(), g }))
     }
 
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
@@ -482,24 +302,13 @@ impl Tensor {
     // ================================================================ convolution, pooling
 
     /// Conv2d (no bias) of x [n, c_in, h, w] with w [c_out, c_in/groups, kh, kw].
-    pub fn conv2d(
-        &self,
-        w: &Tensor,
-        stride: (usize, usize),
-        pad: (usize, usize),
-        groups: usize,
-    ) -> Result<Tensor> {
+    pub fn conv2d(&self, w: &Tensor, stride: (usize, usize), pad: (usize, usize), groups: usize) -> Result<Tensor> {
         same_device("conv2d", self.device(), w.device())?;
         expect_rank("conv2d", self, 4, "input [n, c, h, w]")?;
         expect_rank("conv2d", w, 4, "weight [c_out, c_in/groups, kh, kw]")?;
         let (x, k) = (self.dims(), w.dims());
         if groups == 0 || x[1] % groups != 0 || k[0] % groups != 0 || k[1] * groups != x[1] {
-            shape_err!(
-                "conv2d",
-                "input {} and weight {} do not fit groups={groups}",
-                self.shape(),
-                w.shape()
-            );
+            shape_err!("conv2d", "input {} and weight {} do not fit groups={groups}", self.shape(), w.shape());
         }
         let g = Conv2dGeom {
             n: x[0],
@@ -516,30 +325,13 @@ impl Tensor {
             w_out: window_out("conv2d", x[3], k[3], stride.1, pad.1)?,
         };
         let s = self.backend().conv2d(&self.storage(), &w.storage(), &g)?;
-        Ok(Tensor::from_op(
-            s,
-            [g.n, g.c_out, g.h_out, g.w_out],
-            Op::Conv2d {
-                x: self.clone(),
-                w: w.clone(),
-                g,
-            },
-        ))
+        Ok(Tensor::from_op(s, [g.n, g.c_out, g.h_out, g.w_out], Op::Conv2d { x: self.clone(), w: w.clone(), g }))
     }
 
-    pub fn pool2d(
-        &self,
-        kind: PoolKind,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        pad: (usize, usize),
-    ) -> Result<Tensor> {
+    pub fn pool2d(&self, kind: PoolKind, kernel: (usize, usize), stride: (usize, usize), pad: (usize, usize)) -> Result<Tensor> {
         expect_rank("pool2d", self, 4, "input [n, c, h, w]")?;
         if pad.0 * 2 > kernel.0 || pad.1 * 2 > kernel.1 {
-            invalid_err!(
-                "pool2d",
-                "padding {pad:?} must be at most half the kernel {kernel:?}"
-            );
+            invalid_err!("pool2d", "padding {pad:?} must be at most half the kernel {kernel:?}");
         }
         let d = self.dims();
         let g = Pool2dGeom {
@@ -554,226 +346,91 @@ impl Tensor {
             w_out: window_out("pool2d", d[3], kernel.1, stride.1, pad.1)?,
         };
         let s = self.backend().pool2d(kind, &self.storage(), &g)?;
-        Ok(Tensor::from_op(
-            s,
-            [g.n, g.c, g.h_out, g.w_out],
-            Op::Pool2d {
-                kind,
-                x: self.clone(),
-                g,
-            },
-        ))
+        Ok(Tensor::from_op(s, [g.n, g.c, g.h_out, g.w_out], Op::Pool2d { kind, x: self.clone(), g }))
     }
     pub fn max_pool2d(&self, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
-        self.pool2d(
-            PoolKind::Max,
-            (kernel, kernel),
-            (stride, stride),
-            (pad, pad),
-        )
+        self.pool2d(PoolKind::Max, (kernel, kernel), (stride, stride), (pad, pad))
     }
-    pub fn avg_pool2d(
-        &self,
-        kernel: usize,
-        stride: usize,
-        pad: usize,
-        count_include_pad: bool,
-    ) -> Result<Tensor> {
-        self.pool2d(
-            PoolKind::Avg { count_include_pad },
-            (kernel, kernel),
-            (stride, stride),
-            (pad, pad),
-        )
+    pub fn avg_pool2d(&self, kernel: usize, stride: usize, pad: usize, count_include_pad: bool) -> Result<Tensor> {
+        self.pool2d(PoolKind::Avg { count_include_pad }, (kernel, kernel), (stride, stride), (pad, pad))
     }
 
     fn resize_geom(&self, op: &'static str, h_out: usize, w_out: usize) -> Result<ResizeGeom> {
         expect_rank(op, self, 4, "input [n, c, h, w]")?;
         let d = self.dims();
         if h_out == 0 || w_out == 0 || d[2] == 0 || d[3] == 0 {
-            invalid_err!(
-                op,
-                "output size {h_out}x{w_out} from input {} must be non-empty",
-                self.shape()
-            );
+            invalid_err!(op, "output size {h_out}x{w_out} from input {} must be non-empty", self.shape());
         }
-        Ok(ResizeGeom {
-            n: d[0],
-            c: d[1],
-            h: d[2],
-            w: d[3],
-            h_out,
-            w_out,
-        })
+        Ok(ResizeGeom { n: d[0], c: d[1], h: d[2], w: d[3], h_out, w_out })
     }
 
     pub fn adaptive_avg_pool2d(&self, h_out: usize, w_out: usize) -> Result<Tensor> {
         let g = self.resize_geom("adaptive_avg_pool2d", h_out, w_out)?;
         let s = self.backend().adaptive_avg_pool2d(&self.storage(), &g)?;
-        Ok(Tensor::from_op(
-            s,
-            [g.n, g.c, h_out, w_out],
-            Op::AdaptiveAvgPool2d { x: self.clone(), g },
-        ))
+        Ok(Tensor::from_op(s, [g.n, g.c, h_out, w_out], Op::AdaptiveAvgPool2d { x: self.clone(), g }))
     }
 
     pub fn interpolate(&self, mode: InterpMode, h_out: usize, w_out: usize) -> Result<Tensor> {
         let g = self.resize_geom("interpolate", h_out, w_out)?;
         let s = self.backend().interpolate(mode, &self.storage(), &g)?;
-        Ok(Tensor::from_op(
-            s,
-            [g.n, g.c, h_out, w_out],
-            Op::Interpolate {
-                mode,
-                x: self.clone(),
-                g,
-            },
-        ))
+        Ok(Tensor::from_op(s, [g.n, g.c, h_out, w_out], Op::Interpolate { mode, x: self.clone(), g }))
     }
 
     // ================================================================ normalisation
 
-    fn check_affine(
-        op: &'static str,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        c: usize,
-    ) -> Result<()> {
+    fn check_affine(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, c: usize) -> Result<()> {
         same_device(op, x.device(), gamma.device())?;
         same_device(op, x.device(), beta.device())?;
         if gamma.numel() != c || beta.numel() != c {
-            shape_err!(
-                op,
-                "weight {} and bias {} must have {c} elements for input {}",
-                gamma.shape(),
-                beta.shape(),
-                x.shape()
-            );
+            shape_err!(op, "weight {} and bias {} must have {c} elements for input {}", gamma.shape(), beta.shape(), x.shape());
         }
         Ok(())
     }
 
     /// Train-mode batchnorm over dim 1 of [n, c, ...]: normalises with batch statistics and
     /// updates `running_mean` / `running_var` in place (momentum, unbiased variance).
-    pub fn batch_norm_train(
-        &self,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        momentum: f32,
-        eps: f32,
-    ) -> Result<Tensor> {
+    pub fn batch_norm_train(&self, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, momentum: f32, eps: f32) -> Result<Tensor> {
         if self.rank() < 2 {
-            shape_err!(
-                "batch_norm",
-                "input needs shape [n, c, ...], got {}",
-                self.shape()
-            );
+            shape_err!("batch_norm", "input needs shape [n, c, ...], got {}", self.shape());
         }
         let (n, c) = (self.dims()[0], self.dims()[1]);
         Tensor::check_affine("batch_norm", self, gamma, beta, c)?;
         let hw = self.numel() / (n * c).max(1);
         if n * hw < 2 {
-            invalid_err!(
-                "batch_norm",
-                "training needs more than one value per channel, got input {}",
-                self.shape()
-            );
+            invalid_err!("batch_norm", "training needs more than one value per channel, got input {}", self.shape());
         }
-        let g = NormGeom {
-            n,
-            c,
-            hw,
-            eps,
-            momentum,
-        };
+        let g = NormGeom { n, c, hw, eps, momentum };
         let (y, mean, invstd) = {
             let mut rm = running_mean.storage_mut();
             let mut rv = running_var.storage_mut();
-            self.backend().batch_norm_train(
-                &self.storage(),
-                &gamma.storage(),
-                &beta.storage(),
-                &mut rm,
-                &mut rv,
-                &g,
-            )?
+            self.backend().batch_norm_train(&self.storage(), &gamma.storage(), &beta.storage(), &mut rm, &mut rv, &g)?
         };
-        Ok(Tensor::from_op(
-            y,
-            self.shape().clone(),
-            Op::BatchNormTrain {
-                x: self.clone(),
-                gamma: gamma.clone(),
-                beta: beta.clone(),
-                mean,
-                invstd,
-                g,
-            },
-        ))
+        Ok(Tensor::from_op(y, self.shape().clone(), Op::BatchNormTrain { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, g }))
     }
 
     /// Eval-mode batchnorm with running statistics: a per-channel affine, composed of
     /// differentiable ops so gradients reach x, weight and bias.
-    pub fn batch_norm_eval(
-        &self,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<Tensor> {
+    pub fn batch_norm_eval(&self, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f32) -> Result<Tensor> {
         if self.rank() < 2 {
-            shape_err!(
-                "batch_norm",
-                "input needs shape [n, c, ...], got {}",
-                self.shape()
-            );
+            shape_err!("batch_norm", "input needs shape [n, c, ...], got {}", self.shape());
         }
         let c = self.dims()[1];
         Tensor::check_affine("batch_norm", self, gamma, beta, c)?;
         let mut bshape = vec![1; self.rank()];
         bshape[1] = c;
         let invstd = running_var.detach().add_scalar(eps)?.pow(-0.5)?;
-        let scale = gamma
-            .reshape(bshape.clone())?
-            .mul(&invstd.reshape(bshape.clone())?)?;
-        let shift = beta
-            .reshape(bshape.clone())?
-            .sub(&running_mean.detach().reshape(bshape)?.mul(&scale)?)?;
+        let scale = gamma.reshape(bshape.clone())?.mul(&invstd.reshape(bshape.clone())?)?;
+        let shift = beta.reshape(bshape.clone())?.sub(&running_mean.detach().reshape(bshape)?.mul(&scale)?)?;
         self.mul(&scale)?.add(&shift)
     }
 
     /// Layer norm over the last dim.
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-        let Some(&cols) = self.dims().last() else {
-            shape_err!("layer_norm", "input must have rank >= 1, got a scalar")
-        };
+        let Some(&cols) = self.dims().last() else { shape_err!("layer_norm", "input must have rank >= 1, got a scalar") };
         Tensor::check_affine("layer_norm", self, gamma, beta, cols)?;
-        let g = NormGeom {
-            n: self.numel() / cols.max(1),
-            c: cols,
-            hw: 1,
-            eps,
-            momentum: 0.0,
-        };
-        let (y, mean, invstd) =
-            self.backend()
-                .layer_norm(&self.storage(), &gamma.storage(), &beta.storage(), &g)?;
-        Ok(Tensor::from_op(
-            y,
-            self.shape().clone(),
-            Op::LayerNorm {
-                x: self.clone(),
-                gamma: gamma.clone(),
-                beta: beta.clone(),
-                mean,
-                invstd,
-                g,
-            },
-        ))
+        let g = NormGeom { n: self.numel() / cols.max(1), c: cols, hw: 1, eps, momentum: 0.0 };
+        let (y, mean, invstd) = self.backend().layer_norm(&self.storage(), &gamma.storage(), &beta.storage(), &g)?;
+        Ok(Tensor::from_op(y, self.shape().clone(), Op::LayerNorm { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, g }))
     }
 
     // ================================================================ softmax family, losses
@@ -782,15 +439,7 @@ impl Tensor {
         let d = self.shape().resolve_dim("softmax", dim)?;
         let g = DimGeom::new(self.dims(), d);
         let s = self.backend().softmax(&self.storage(), g, log)?;
-        Ok(Tensor::from_op(
-            s,
-            self.shape().clone(),
-            Op::Softmax {
-                x: self.clone(),
-                g,
-                log,
-            },
-        ))
+        Ok(Tensor::from_op(s, self.shape().clone(), Op::Softmax { x: self.clone(), g, log }))
     }
     pub fn softmax(&self, dim: isize) -> Result<Tensor> {
         self.softmax_impl(dim, false)
@@ -804,30 +453,13 @@ impl Tensor {
         expect_rank("cross_entropy", self, 2, "logits [batch, classes]")?;
         let (rows, classes) = (self.dims()[0], self.dims()[1]);
         if labels.len() != rows {
-            shape_err!(
-                "cross_entropy",
-                "{} labels for logits {}",
-                labels.len(),
-                self.shape()
-            );
+            shape_err!("cross_entropy", "{} labels for logits {}", labels.len(), self.shape());
         }
         if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
-            invalid_err!(
-                "cross_entropy",
-                "label {bad} out of range for {classes} classes"
-            );
+            invalid_err!("cross_entropy", "label {bad} out of range for {classes} classes");
         }
-        let s = self
-            .backend()
-            .cross_entropy(&self.storage(), labels, rows, classes)?;
-        Ok(Tensor::from_op(
-            s,
-            Shape::from(vec![]),
-            Op::CrossEntropy {
-                logits: self.clone(),
-                labels: Arc::from(labels),
-            },
-        ))
+        let s = self.backend().cross_entropy(&self.storage(), labels, rows, classes)?;
+        Ok(Tensor::from_op(s, Shape::from(vec![]), Op::CrossEntropy { logits: self.clone(), labels: Arc::from(labels) }))
     }
 
     /// `F.kl_div(self, target, reduction="batchmean")`: self holds log-probabilities q, target
@@ -835,24 +467,10 @@ impl Tensor {
     pub fn kl_div(&self, target: &Tensor) -> Result<Tensor> {
         same_device("kl_div", self.device(), target.device())?;
         if self.shape() != target.shape() || self.rank() < 1 {
-            shape_err!(
-                "kl_div",
-                "log-probabilities {} and target {} must have one shape [rows, ...]",
-                self.shape(),
-                target.shape()
-            );
+            shape_err!("kl_div", "log-probabilities {} and target {} must have one shape [rows, ...]", self.shape(), target.shape());
         }
-        let s = self
-            .backend()
-            .kl_div(&self.storage(), &target.storage(), self.dims()[0])?;
-        Ok(Tensor::from_op(
-            s,
-            Shape::from(vec![]),
-            Op::KlDiv {
-                log_q: self.clone(),
-                p: target.clone(),
-            },
-        ))
+        let s = self.backend().kl_div(&self.storage(), &target.storage(), self.dims()[0])?;
+        Ok(Tensor::from_op(s, Shape::from(vec![]), Op::KlDiv { log_q: self.clone(), p: target.clone() }))
     }
 
     // ================================================================ reductions
@@ -860,25 +478,16 @@ impl Tensor {
     /// Sum over one dim (kept as size 1 when `keepdim`).
     pub fn sum_dim(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
         let d = self.shape().resolve_dim("sum", dim)?;
-        let s = self
-            .backend()
-            .reduce_sum(&self.storage(), DimGeom::new(self.dims(), d))?;
+        let s = self.backend().reduce_sum(&self.storage(), DimGeom::new(self.dims(), d))?;
         let mut out = self.dims().to_vec();
         out[d] = 1;
         let t = Tensor::from_op(s, out, Op::Sum { x: self.clone() });
-        if keepdim {
-            Ok(t)
-        } else {
-            t.squeeze_dim(d)
-        }
+        if keepdim { Ok(t) } else { t.squeeze_dim(d) }
     }
 
     /// Sum over several dims.
     pub fn sum_dims(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
-        let mut resolved: Vec<usize> = dims
-            .iter()
-            .map(|&d| self.shape().resolve_dim("sum", d))
-            .collect::<Result<_>>()?;
+        let mut resolved: Vec<usize> = dims.iter().map(|&d| self.shape().resolve_dim("sum", d)).collect::<Result<_>>()?;
         resolved.sort_unstable();
         resolved.dedup();
         let mut t = self.clone();
@@ -888,13 +497,7 @@ impl Tensor {
         if keepdim {
             return Ok(t);
         }
-        let out: Vec<usize> = t
-            .dims()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !resolved.contains(i))
-            .map(|(_, &v)| v)
-            .collect();
+        let out: Vec<usize> = t.dims().iter().enumerate().filter(|(i, _)| !resolved.contains(i)).map(|(_, &v)| v).collect();
         t.reshape(out)
     }
 
@@ -918,17 +521,9 @@ impl Tensor {
         let centred = self.sub(&mean)?;
         let ss = centred.sqr()?.sum_dims(dims, keepdim)?;
         let count = self.numel() / ss.numel().max(1);
-        let denom = if unbiased {
-            count.saturating_sub(1)
-        } else {
-            count
-        };
+        let denom = if unbiased { count.saturating_sub(1) } else { count };
         if denom == 0 {
-            invalid_err!(
-                "var",
-                "unbiased variance of one value per group in {}",
-                self.shape()
-            );
+            invalid_err!("var", "unbiased variance of one value per group in {}", self.shape());
         }
         ss.scale(1.0 / denom as f32)
     }
@@ -944,41 +539,18 @@ impl Tensor {
         if self.dims()[d] == 0 {
             invalid_err!("max", "dim {d} of {} is empty", self.shape());
         }
-        let s = self
-            .backend()
-            .reduce_max(&self.storage(), DimGeom::new(self.dims(), d))?;
+        let s = self.backend().reduce_max(&self.storage(), DimGeom::new(self.dims(), d))?;
         let mut out = self.dims().to_vec();
         out[d] = 1;
-        let t = Tensor::from_op(
-            s,
-            out,
-            Op::Max {
-                x: self.clone(),
-                dim: d,
-            },
-        );
-        if keepdim {
-            Ok(t)
-        } else {
-            t.squeeze_dim(d)
-        }
+        let t = Tensor::from_op(s, out, Op::Max { x: self.clone(), dim: d });
+        if keepdim { Ok(t) } else { t.squeeze_dim(d) }
     }
 
     /// `F.normalize(x, p=2, dim, eps=1e-12)`.
     pub fn normalize(&self, dim: isize, eps: f32) -> Result<Tensor> {
         let d = self.shape().resolve_dim("normalize", dim)?;
-        let s = self
-            .backend()
-            .normalize(&self.storage(), DimGeom::new(self.dims(), d), eps)?;
-        Ok(Tensor::from_op(
-            s,
-            self.shape().clone(),
-            Op::Normalize {
-                x: self.clone(),
-                dim: d,
-                eps,
-            },
-        ))
+        let s = self.backend().normalize(&self.storage(), DimGeom::new(self.dims(), d), eps)?;
+        Ok(Tensor::from_op(s, self.shape().clone(), Op::Normalize { x: self.clone(), dim: d, eps }))
     }
 
     fn squeeze_dim(&self, d: usize) -> Result<Tensor> {
@@ -993,18 +565,7 @@ impl Tensor {
         let cols = self.dims()[1];
         let v = self.to_vec()?;
         Ok(v.chunks(cols.max(1))
-            .map(|r| {
-                r.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-                        if x > best.1 {
-                            (i, x)
-                        } else {
-                            best
-                        }
-                    })
-                    .0
-            })
+            .map(|r| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0)
             .collect())
     }
 }

@@ -21,10 +21,7 @@ impl Shape {
         let r = self.rank() as isize;
         let d = if dim < 0 { dim + r } else { dim };
         if d < 0 || d >= r.max(1) || (r == 0) {
-            return Err(Error::invalid(
-                op,
-                format!("dim {dim} out of range for shape {self}"),
-            ));
+            return Err(Error::invalid(op, format!("dim {dim} out of range for shape {self}")));
         }
         Ok(d as usize)
     }

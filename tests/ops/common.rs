@@ -23,28 +23,16 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
 
 /// |a − e| <= atol + rtol·|e| element by element; the message names the first failure.
 pub fn assert_close(actual: &[f32], expected: &[f64], rtol: f64, atol: f64, what: &str) {
-    assert_eq!(
-        actual.len(),
-        expected.len(),
-        "{what}: length {} vs reference {}",
-        actual.len(),
-        expected.len()
-    );
+    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs reference {}", actual.len(), expected.len());
     let mut worst = (0usize, 0.0f64);
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let err = (a as f64 - e).abs();
         let allowed = atol + rtol * e.abs();
-        assert!(
-            a.is_finite() || !e.is_finite(),
-            "{what}: element {i} is {a}, reference {e}"
-        );
+        assert!(a.is_finite() || !e.is_finite(), "{what}: element {i} is {a}, reference {e}");
         if err - allowed > worst.1 {
             worst = (i, err - allowed);
         }
-        assert!(
-            err <= allowed,
-            "{what}: element {i}: got {a}, reference {e} (|err| {err:.3e} > {allowed:.3e})"
-        );
+        assert!(err <= allowed, "{what}: element {i}: got {a}, reference {e} (|err| {err:.3e} > {allowed:.3e})");
     }
 }
 
@@ -59,19 +47,11 @@ pub struct Input {
 impl Input {
     pub fn new(shape: &[usize], seed: u64) -> Input {
         let n = shape.iter().product();
-        Input {
-            shape: shape.to_vec(),
-            values: rand_vec(n, seed),
-            grad: true,
-        }
+        Input { shape: shape.to_vec(), values: rand_vec(n, seed), grad: true }
     }
     pub fn with_values(shape: &[usize], values: Vec<f32>) -> Input {
         assert_eq!(values.len(), shape.iter().product::<usize>());
-        Input {
-            shape: shape.to_vec(),
-            values,
-            grad: true,
-        }
+        Input { shape: shape.to_vec(), values, grad: true }
     }
     pub fn no_grad(mut self) -> Input {
         self.grad = false;
@@ -90,12 +70,7 @@ pub struct Tol {
 
 impl Default for Tol {
     fn default() -> Self {
-        Tol {
-            fwd_rtol: 1e-4,
-            fwd_atol: 1e-5,
-            grad_rtol: 1e-3,
-            grad_atol: 1e-4,
-        }
+        Tol { fwd_rtol: 1e-4, fwd_atol: 1e-5, grad_rtol: 1e-3, grad_atol: 1e-4 }
     }
 }
 
@@ -116,23 +91,13 @@ pub fn check_op(
         .iter()
         .map(|i| {
             let t = Tensor::from_slice(&i.values, i.shape.clone(), dev).unwrap();
-            if i.grad {
-                t.requires_grad_()
-            } else {
-                t
-            }
+            if i.grad { t.requires_grad_() } else { t }
         })
         .collect();
     let y = ours(&tensors).unwrap_or_else(|e| panic!("{what}: forward failed: {e}"));
     let ref_inputs: Vec<Vec<f64>> = inputs.iter().map(|i| to_f64(&i.values)).collect();
     let y_ref = reference(&ref_inputs);
-    assert_close(
-        &y.to_vec().unwrap(),
-        &y_ref,
-        tol.fwd_rtol,
-        tol.fwd_atol,
-        &format!("{what} forward"),
-    );
+    assert_close(&y.to_vec().unwrap(), &y_ref, tol.fwd_rtol, tol.fwd_atol, &format!("{what} forward"));
 
     if !inputs.iter().any(|i| i.grad) {
         return;
@@ -140,31 +105,15 @@ pub fn check_op(
     let r = rand_vec(y.numel(), 0x5eed);
     let r_t = Tensor::from_slice(&r, y.shape().clone(), dev).unwrap();
     let loss = y.mul(&r_t).unwrap().sum_all().unwrap();
-    let grads = loss
-        .backward()
-        .unwrap_or_else(|e| panic!("{what}: backward failed: {e}"));
-    let lref = |xs: &[Vec<f64>]| -> f64 {
-        reference(xs)
-            .iter()
-            .zip(&r)
-            .map(|(a, &b)| a * b as f64)
-            .sum()
-    };
+    let grads = loss.backward().unwrap_or_else(|e| panic!("{what}: backward failed: {e}"));
+    let lref = |xs: &[Vec<f64>]| -> f64 { reference(xs).iter().zip(&r).map(|(a, &b)| a * b as f64).sum() };
     let max_fd = 96;
     for (k, (inp, t)) in inputs.iter().zip(&tensors).enumerate() {
         if !inp.grad {
             continue;
         }
-        let g = grads
-            .of(t)
-            .unwrap_or_else(|e| panic!("{what}: input {k}: {e}"))
-            .to_vec()
-            .unwrap();
-        assert_eq!(
-            g.len(),
-            inp.values.len(),
-            "{what}: gradient length of input {k}"
-        );
+        let g = grads.of(t).unwrap_or_else(|e| panic!("{what}: input {k}: {e}")).to_vec().unwrap();
+        assert_eq!(g.len(), inp.values.len(), "{what}: gradient length of input {k}");
         let n = inp.values.len();
         let step = n.div_ceil(max_fd).max(1);
         let mut idx: Vec<usize> = (0..n).step_by(step).collect();
@@ -183,13 +132,7 @@ pub fn check_op(
             got.push(g[j]);
             want.push((lp - lm) / (2.0 * h));
         }
-        assert_close(
-            &got,
-            &want,
-            tol.grad_rtol,
-            tol.grad_atol,
-            &format!("{what} gradient of input {k} (sampled elements {idx:?})"),
-        );
+        assert_close(&got, &want, tol.grad_rtol, tol.grad_atol, &format!("{what} gradient of input {k} (sampled elements {idx:?})"));
     }
 }
 

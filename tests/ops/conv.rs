@@ -44,10 +44,8 @@ fn conv_ref(x: &[f64], wt: &[f64], c: Case) -> Vec<f64> {
                             for kx in 0..c.k.1 {
                                 let iy = (oy * c.stride.0 + ky) as isize - c.pad.0 as isize;
                                 let ix = (ox * c.stride.1 + kx) as isize - c.pad.1 as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < c.h && (ix as usize) < c.w
-                                {
-                                    let xv = x[((n * c.c_in + ci) * c.h + iy as usize) * c.w
-                                        + ix as usize];
+                                if iy >= 0 && ix >= 0 && (iy as usize) < c.h && (ix as usize) < c.w {
+                                    let xv = x[((n * c.c_in + ci) * c.h + iy as usize) * c.w + ix as usize];
                                     s += xv * wt[((co * cig + cl) * c.k.0 + ky) * c.k.1 + kx];
                                 }
                             }
@@ -66,12 +64,7 @@ fn check_conv(dev: Device, c: Case) {
     let w_shape = [c.c_out, c.c_in / c.groups, c.k.0, c.k.1];
     let taps = (c.c_in / c.groups * c.k.0 * c.k.1) as f64;
     // Sums of up to a few hundred products of values in [-1, 1): scale the absolute slack.
-    let tol = Tol {
-        fwd_rtol: 1e-4,
-        fwd_atol: 2e-5 * taps.sqrt(),
-        grad_rtol: 1e-3,
-        grad_atol: 2e-4 * taps.sqrt(),
-    };
+    let tol = Tol { fwd_rtol: 1e-4, fwd_atol: 2e-5 * taps.sqrt(), grad_rtol: 1e-3, grad_atol: 2e-4 * taps.sqrt() };
     check_op(
         dev,
         &format!("conv2d {c:?}"),
@@ -83,27 +76,8 @@ fn check_conv(dev: Device, c: Case) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn case(
-    n: usize,
-    c_in: usize,
-    hw: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> Case {
-    Case {
-        n,
-        c_in,
-        h: hw,
-        w: hw,
-        c_out,
-        k: (k, k),
-        stride: (stride, stride),
-        pad: (pad, pad),
-        groups,
-    }
+fn case(n: usize, c_in: usize, hw: usize, c_out: usize, k: usize, stride: usize, pad: usize, groups: usize) -> Case {
+    Case { n, c_in, h: hw, w: hw, c_out, k: (k, k), stride: (stride, stride), pad: (pad, pad), groups }
 }
 
 pub fn odd_channels_3x3(dev: Device) {
@@ -116,34 +90,8 @@ pub fn stride2(dev: Device) {
     check_conv(dev, case(1, 5, 9, 7, 3, 2, 1, 1));
     check_conv(dev, case(3, 3, 8, 5, 3, 2, 0, 1));
     // Different strides and paddings along height and width, and a non-square kernel.
-    check_conv(
-        dev,
-        Case {
-            n: 2,
-            c_in: 3,
-            h: 9,
-            w: 8,
-            c_out: 5,
-            k: (3, 1),
-            stride: (1, 2),
-            pad: (1, 0),
-            groups: 1,
-        },
-    );
-    check_conv(
-        dev,
-        Case {
-            n: 1,
-            c_in: 2,
-            h: 7,
-            w: 10,
-            c_out: 3,
-            k: (2, 5),
-            stride: (2, 1),
-            pad: (0, 2),
-            groups: 1,
-        },
-    );
+    check_conv(dev, Case { n: 2, c_in: 3, h: 9, w: 8, c_out: 5, k: (3, 1), stride: (1, 2), pad: (1, 0), groups: 1 });
+    check_conv(dev, Case { n: 1, c_in: 2, h: 7, w: 10, c_out: 3, k: (2, 5), stride: (2, 1), pad: (0, 2), groups: 1 });
 }
 
 pub fn pointwise(dev: Device) {
@@ -189,35 +137,17 @@ pub fn depthwise_multiplier(dev: Device) {
 }
 
 pub fn shape_errors(dev: Device) {
-    let t = |shape: &[usize]| {
-        Tensor::from_slice(&vec![0.5; shape.iter().product()], shape.to_vec(), dev).unwrap()
-    };
-    let err = |x: &Tensor, w: &Tensor, pad: usize, groups: usize| match x.conv2d(
-        w,
-        (1, 1),
-        (pad, pad),
-        groups,
-    ) {
-        Ok(y) => panic!(
-            "conv2d {} with {} should fail, gave {}",
-            x.shape(),
-            w.shape(),
-            y.shape()
-        ),
+    let t = |shape: &[usize]| Tensor::from_slice(&vec![0.5; shape.iter().product()], shape.to_vec(), dev).unwrap();
+    let err = |x: &Tensor, w: &Tensor, pad: usize, groups: usize| match x.conv2d(w, (1, 1), (pad, pad), groups) {
+        Ok(y) => panic!("conv2d {} with {} should fail, gave {}", x.shape(), w.shape(), y.shape()),
         Err(e) => e.to_string(),
     };
     // Channels of x and w disagree.
     let msg = err(&t(&[2, 3, 5, 5]), &t(&[4, 2, 3, 3]), 1, 1);
-    assert!(
-        msg.contains("[2, 3, 5, 5]") && msg.contains("[4, 2, 3, 3]"),
-        "{msg}"
-    );
+    assert!(msg.contains("[2, 3, 5, 5]") && msg.contains("[4, 2, 3, 3]"), "{msg}");
     // Groups that do not divide the channels.
     let msg = err(&t(&[1, 6, 5, 5]), &t(&[5, 3, 3, 3]), 1, 2);
-    assert!(
-        msg.contains("[1, 6, 5, 5]") && msg.contains("[5, 3, 3, 3]"),
-        "{msg}"
-    );
+    assert!(msg.contains("[1, 6, 5, 5]") && msg.contains("[5, 3, 3, 3]"), "{msg}");
     let msg = err(&t(&[1, 6, 5, 5]), &t(&[4, 2, 3, 3]), 1, 4);
     assert!(msg.contains("[4, 2, 3, 3]"), "{msg}");
     // Wrong ranks.
@@ -226,12 +156,8 @@ pub fn shape_errors(dev: Device) {
     let msg = err(&t(&[1, 3, 5, 5]), &t(&[4, 3, 3]), 1, 1);
     assert!(msg.contains("[4, 3, 3]"), "{msg}");
     // A kernel larger than the padded input, and zero groups.
-    assert!(t(&[1, 3, 2, 2])
-        .conv2d(&t(&[4, 3, 5, 5]), (1, 1), (1, 1), 1)
-        .is_err());
-    assert!(t(&[1, 3, 5, 5])
-        .conv2d(&t(&[4, 3, 3, 3]), (1, 1), (1, 1), 0)
-        .is_err());
+    assert!(t(&[1, 3, 2, 2]).conv2d(&t(&[4, 3, 5, 5]), (1, 1), (1, 1), 1).is_err());
+    assert!(t(&[1, 3, 5, 5]).conv2d(&t(&[4, 3, 3, 3]), (1, 1), (1, 1), 0).is_err());
 }
 
 macro_rules! conv_tests {

@@ -19,16 +19,7 @@ struct Mm {
 }
 
 fn mm_ref(a: &[f64], b: &[f64], p: Mm) -> Vec<f64> {
-    let Mm {
-        batch,
-        a_batch,
-        b_batch,
-        m,
-        k,
-        n,
-        ta,
-        tb,
-    } = p;
+    let Mm { batch, a_batch, b_batch, m, k, n, ta, tb } = p;
     let mut c = vec![0.0; batch * m * n];
     for bi in 0..batch {
         let ao = if a_batch == 1 { 0 } else { bi * m * k };
@@ -37,16 +28,8 @@ fn mm_ref(a: &[f64], b: &[f64], p: Mm) -> Vec<f64> {
             for j in 0..n {
                 c[(bi * m + i) * n + j] = (0..k)
                     .map(|p| {
-                        let av = if ta {
-                            a[ao + p * m + i]
-                        } else {
-                            a[ao + i * k + p]
-                        };
-                        let bv = if tb {
-                            b[bo + j * k + p]
-                        } else {
-                            b[bo + p * n + j]
-                        };
+                        let av = if ta { a[ao + p * m + i] } else { a[ao + i * k + p] };
+                        let bv = if tb { b[bo + j * k + p] } else { b[bo + p * n + j] };
                         av * bv
                     })
                     .sum();
@@ -58,31 +41,13 @@ fn mm_ref(a: &[f64], b: &[f64], p: Mm) -> Vec<f64> {
 
 /// Checks op(A)·op(B) with A of shape `a_lead ++ [rows, cols]` (stored transposed when ta).
 #[allow(clippy::too_many_arguments)]
-fn check_mm(
-    dev: Device,
-    a_lead: &[usize],
-    b_lead: &[usize],
-    m: usize,
-    k: usize,
-    n: usize,
-    ta: bool,
-    tb: bool,
-) {
+fn check_mm(dev: Device, a_lead: &[usize], b_lead: &[usize], m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     let mut a_shape = a_lead.to_vec();
     a_shape.extend(if ta { [k, m] } else { [m, k] });
     let mut b_shape = b_lead.to_vec();
     b_shape.extend(if tb { [n, k] } else { [k, n] });
     let (a_batch, b_batch): (usize, usize) = (a_lead.iter().product(), b_lead.iter().product());
-    let p = Mm {
-        batch: a_batch.max(b_batch),
-        a_batch,
-        b_batch,
-        m,
-        k,
-        n,
-        ta,
-        tb,
-    };
+    let p = Mm { batch: a_batch.max(b_batch), a_batch, b_batch, m, k, n, ta, tb };
     let what = format!("matmul {a_shape:?} (trans {ta}) · {b_shape:?} (trans {tb})");
     // Sums of up to 129 products of values in [-1, 1): tolerances scale with sqrt(k).
     let tol = Tol {
@@ -109,14 +74,7 @@ pub fn transpose_combos(dev: Device) {
 }
 
 pub fn unit_and_odd_sizes(dev: Device) {
-    for (m, k, n) in [
-        (1, 1, 1),
-        (1, 13, 1),
-        (7, 1, 5),
-        (1, 33, 129),
-        (129, 7, 1),
-        (13, 129, 7),
-    ] {
+    for (m, k, n) in [(1, 1, 1), (1, 13, 1), (7, 1, 5), (1, 33, 129), (129, 7, 1), (13, 129, 7)] {
         for (ta, tb) in [(false, false), (true, true)] {
             check_mm(dev, &[], &[], m, k, n, ta, tb);
         }
@@ -145,16 +103,7 @@ pub fn gram(dev: Device) {
         let mut shape = lead.clone();
         shape.extend([rows, cols]);
         let batch: usize = lead.iter().product();
-        let p = Mm {
-            batch,
-            a_batch: batch,
-            b_batch: batch,
-            m: rows,
-            k: cols,
-            n: rows,
-            ta: false,
-            tb: true,
-        };
+        let p = Mm { batch, a_batch: batch, b_batch: batch, m: rows, k: cols, n: rows, ta: false, tb: true };
         check_op(
             dev,
             &format!("gram {shape:?}"),
@@ -167,16 +116,9 @@ pub fn gram(dev: Device) {
 }
 
 pub fn shape_errors(dev: Device) {
-    let t = |shape: &[usize]| {
-        Tensor::from_slice(&vec![0.5; shape.iter().product()], shape.to_vec(), dev).unwrap()
-    };
+    let t = |shape: &[usize]| Tensor::from_slice(&vec![0.5; shape.iter().product()], shape.to_vec(), dev).unwrap();
     let err = |a: &Tensor, b: &Tensor, ta: bool, tb: bool| match a.matmul_t(b, ta, tb) {
-        Ok(y) => panic!(
-            "matmul {} · {} should fail, gave {}",
-            a.shape(),
-            b.shape(),
-            y.shape()
-        ),
+        Ok(y) => panic!("matmul {} · {} should fail, gave {}", a.shape(), b.shape(), y.shape()),
         Err(e) => e.to_string(),
     };
     let msg = err(&t(&[3, 4]), &t(&[5, 6]), false, false);
@@ -186,10 +128,7 @@ pub fn shape_errors(dev: Device) {
     let msg = err(&t(&[3, 4]), &t(&[4, 5]), false, true);
     assert!(msg.contains("[3, 4]") && msg.contains("[4, 5]"), "{msg}");
     let msg = err(&t(&[2, 3, 4]), &t(&[3, 4, 5]), false, false);
-    assert!(
-        msg.contains("[2, 3, 4]") && msg.contains("[3, 4, 5]"),
-        "{msg}"
-    );
+    assert!(msg.contains("[2, 3, 4]") && msg.contains("[3, 4, 5]"), "{msg}");
     let msg = err(&t(&[4]), &t(&[4, 5]), false, false);
     assert!(msg.contains("[4]"), "{msg}");
 }

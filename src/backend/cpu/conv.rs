@@ -87,23 +87,9 @@ impl Sizes {
 
 /// Output positions o in [0, out_len) whose input index o·stride + k_off − pad lies in
 /// [0, in_len), as a half-open range (empty when none).
-fn valid_range(
-    out_len: usize,
-    in_len: usize,
-    stride: usize,
-    k_off: usize,
-    pad: usize,
-) -> (usize, usize) {
-    let lo = if pad > k_off {
-        (pad - k_off).div_ceil(stride)
-    } else {
-        0
-    };
-    let hi = if in_len + pad > k_off {
-        (in_len + pad - k_off).div_ceil(stride).min(out_len)
-    } else {
-        0
-    };
+fn valid_range(out_len: usize, in_len: usize, stride: usize, k_off: usize, pad: usize) -> (usize, usize) {
+    let lo = if pad > k_off { (pad - k_off).div_ceil(stride) } else { 0 };
+    let hi = if in_len + pad > k_off { (in_len + pad - k_off).div_ceil(stride).min(out_len) } else { 0 };
     (lo.min(hi), hi)
 }
 
@@ -122,13 +108,7 @@ impl Tile {
     fn new(g: &Conv2dGeom, t: usize, tile_rows: usize) -> Tile {
         let oy0 = t * tile_rows;
         let rows = tile_rows.min(g.h_out - oy0);
-        Tile {
-            oy0,
-            rows,
-            p0: oy0 * g.w_out,
-            len: rows * g.w_out,
-            in_rows: (rows - 1) * g.stride.0 + g.kh,
-        }
+        Tile { oy0, rows, p0: oy0 * g.w_out, len: rows * g.w_out, in_rows: (rows - 1) * g.stride.0 + g.kh }
     }
     /// Floats of the padded input rows of one group.
     fn padded_len(&self, s: &Sizes) -> usize {
@@ -219,10 +199,7 @@ type RowCopy = fn(&mut [f32], &[f32], usize, usize, usize);
 type RowAdd = fn(&mut [f32], &[f32], usize, usize, usize);
 
 fn check_rows(dense: usize, strided: usize, rows: usize, w: usize, stride: usize) {
-    assert!(
-        dense >= rows * w && (rows == 0 || strided >= (rows - 1) * stride + w),
-        "row copy out of bounds"
-    );
+    assert!(dense >= rows * w && (rows == 0 || strided >= (rows - 1) * stride + w), "row copy out of bounds");
 }
 
 fn copy_rows_portable(dst: &mut [f32], src: &[f32], rows: usize, w: usize, stride: usize) {
@@ -273,11 +250,7 @@ mod avx512 {
                     _mm512_storeu_ps(d.add(c * 16), _mm512_loadu_ps(s.add(c * 16)));
                 }
                 if mask != 0 {
-                    _mm512_mask_storeu_ps(
-                        d.add(full * 16),
-                        mask,
-                        _mm512_maskz_loadu_ps(mask, s.add(full * 16)),
-                    );
+                    _mm512_mask_storeu_ps(d.add(full * 16), mask, _mm512_maskz_loadu_ps(mask, s.add(full * 16)));
                 }
             }
         }
@@ -296,10 +269,7 @@ mod avx512 {
                 }
                 if mask != 0 {
                     let (dp, sp) = (d.add(full * 16), s.add(full * 16));
-                    let v = _mm512_add_ps(
-                        _mm512_maskz_loadu_ps(mask, dp),
-                        _mm512_maskz_loadu_ps(mask, sp),
-                    );
+                    let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dp), _mm512_maskz_loadu_ps(mask, sp));
                     _mm512_mask_storeu_ps(dp, mask, v);
                 }
             }
@@ -362,23 +332,13 @@ pub fn conv2d(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
 /// dx [n, c_in, h, w] from dy [n, c_out, h_out, w_out] and w.
 pub fn conv2d_backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
     let s = Sizes::of(g);
-    Ok(backward_data_tiled(
-        dy,
-        w,
-        g,
-        tile_rows(s.kk, g.h_out, g.w_out),
-    ))
+    Ok(backward_data_tiled(dy, w, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
 
 /// dw [c_out, c_in/groups, kh, kw] from x and dy.
 pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
     let s = Sizes::of(g);
-    Ok(backward_weight_tiled(
-        x,
-        dy,
-        g,
-        tile_rows(s.kk, g.h_out, g.w_out),
-    ))
+    Ok(backward_weight_tiled(x, dy, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
 
 fn conv2d_tiled(x: &[f32], w: &[f32], g: &Conv2dGeom, tile_rows: usize) -> Vec<f32> {
@@ -400,32 +360,17 @@ fn conv2d_tiled(x: &[f32], w: &[f32], g: &Conv2dGeom, tile_rows: usize) -> Vec<f
     let par = job_par(jobs, g.flops() / jobs as f64);
     let yp = SendPtr(y.as_mut_ptr());
     run_jobs(jobs, g.flops(), |job| {
-        let (img, gi, t) = (
-            job / (ntiles * g.groups),
-            job / ntiles % g.groups,
-            job % ntiles,
-        );
+        let (img, gi, t) = (job / (ntiles * g.groups), job / ntiles % g.groups, job % ntiles);
         let t = Tile::new(g, t, tile_rows);
         let xg = &x[(img * g.c_in + gi * s.cig) * s.hw..][..s.cig * s.hw];
         // Wᵀ[K x cog]: element (k, co) of this group's weights at co·K + k.
-        let rhs = MatRef {
-            ptr: w[gi * s.cog * s.kk..].as_ptr(),
-            rs: 1,
-            cs: s.kk as isize,
-        };
+        let rhs = MatRef { ptr: w[gi * s.cog * s.kk..].as_ptr(), rs: 1, cs: s.kk as isize };
         // SAFETY: y has capacity n·c_out·P; this job's view covers pixels p0..p0+len of
         // channels gi·cog..(gi+1)·cog of image img, in bounds and disjoint from other jobs'.
-        let dst = MatMut {
-            ptr: unsafe { yp.get().add((img * g.c_out + gi * s.cog) * s.p + t.p0) },
-            rs: 1,
-            cs: s.p as isize,
-        };
+        let dst =
+            MatMut { ptr: unsafe { yp.get().add((img * g.c_out + gi * s.cog) * s.p + t.p0) }, rs: 1, cs: s.p as isize };
         if s.pointwise {
-            let lhs = MatRef {
-                ptr: xg[t.p0..].as_ptr(),
-                rs: 1,
-                cs: s.hw as isize,
-            };
+            let lhs = MatRef { ptr: xg[t.p0..].as_ptr(), rs: 1, cs: s.hw as isize };
             // SAFETY: lhs addresses xg[p0 + i + c·hw] for i < len, c < cig (= K), inside xg;
             // rhs covers the group's cog·K weights; dst is exclusive to this job (see above).
             unsafe { sgemm(t.len, s.cog, s.kk, dst, false, lhs, rhs, par) };
@@ -434,11 +379,7 @@ fn conv2d_tiled(x: &[f32], w: &[f32], g: &Conv2dGeom, tile_rows: usize) -> Vec<f
                 let (xp, col) = buf.split_at_mut(t.padded_len(&s));
                 pad_rows(xg, g, &s, &t, xp);
                 im2col(xp, g, &s, &t, col);
-                let lhs = MatRef {
-                    ptr: col.as_ptr(),
-                    rs: 1,
-                    cs: t.len as isize,
-                };
+                let lhs = MatRef { ptr: col.as_ptr(), rs: 1, cs: t.len as isize };
                 // SAFETY: col is [K][len]; rhs and dst as above.
                 unsafe { sgemm(t.len, s.cog, s.kk, dst, false, lhs, rhs, par) };
             });
@@ -468,37 +409,21 @@ fn backward_data_tiled(dy: &[f32], w: &[f32], g: &Conv2dGeom, tile_rows: usize) 
     let body = |job: usize, dxg: &mut [f32]| {
         let (img, gi) = (job / g.groups, job % g.groups);
         // W[cog x K], row-major.
-        let rhs = MatRef {
-            ptr: w[gi * s.cog * s.kk..].as_ptr(),
-            rs: s.kk as isize,
-            cs: 1,
-        };
+        let rhs = MatRef { ptr: w[gi * s.cog * s.kk..].as_ptr(), rs: s.kk as isize, cs: 1 };
         let dyg = &dy[(img * g.c_out + gi * s.cog) * s.p..][..s.cog * s.p];
         for t in 0..ntiles {
             let t = Tile::new(g, t, tile_rows);
             // dyᵀ[len x cog]: element (i, co) at co·P + p0 + i.
-            let lhs = MatRef {
-                ptr: dyg[t.p0..].as_ptr(),
-                rs: 1,
-                cs: s.p as isize,
-            };
+            let lhs = MatRef { ptr: dyg[t.p0..].as_ptr(), rs: 1, cs: s.p as isize };
             if s.pointwise {
-                let dst = MatMut {
-                    ptr: dxg[t.p0..].as_mut_ptr(),
-                    rs: 1,
-                    cs: s.hw as isize,
-                };
+                let dst = MatMut { ptr: dxg[t.p0..].as_mut_ptr(), rs: 1, cs: s.hw as isize };
                 // SAFETY: dst addresses dxg[p0 + i + c·hw], i < len, c < cig, inside this job's
                 // exclusive chunk; lhs lies in dyg and rhs in this group's weights.
                 unsafe { sgemm(t.len, s.kk, s.cog, dst, false, lhs, rhs, par) };
             } else {
                 with_scratch(t.padded_len(&s) + s.kk * t.len, |buf| {
                     let (dxp, col) = buf.split_at_mut(t.padded_len(&s));
-                    let dst = MatMut {
-                        ptr: col.as_mut_ptr(),
-                        rs: 1,
-                        cs: t.len as isize,
-                    };
+                    let dst = MatMut { ptr: col.as_mut_ptr(), rs: 1, cs: t.len as isize };
                     // SAFETY: col is a private [K][len] buffer; lhs and rhs as above.
                     unsafe { sgemm(t.len, s.kk, s.cog, dst, false, lhs, rhs, par) };
                     dxp.fill(0.0);
@@ -510,13 +435,9 @@ fn backward_data_tiled(dy: &[f32], w: &[f32], g: &Conv2dGeom, tile_rows: usize) 
     };
     let chunk = s.cig * s.hw;
     if jobs > 1 && g.flops() >= PAR_MIN_FLOPS {
-        dx.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(j, c)| body(j, c));
+        dx.par_chunks_mut(chunk).enumerate().for_each(|(j, c)| body(j, c));
     } else {
-        dx.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(j, c)| body(j, c));
+        dx.chunks_mut(chunk).enumerate().for_each(|(j, c)| body(j, c));
     }
     dx
 }
@@ -541,23 +462,11 @@ fn backward_weight_tiled(x: &[f32], dy: &[f32], g: &Conv2dGeom, tile_rows: usize
         for gi in 0..g.groups {
             let xg = &x[(img * g.c_in + gi * s.cig) * s.hw..][..s.cig * s.hw];
             // dyᵀ[len x cog]: element (i, co) at co·P + p0 + i.
-            let rhs = MatRef {
-                ptr: dy[(img * g.c_out + gi * s.cog) * s.p + t.p0..].as_ptr(),
-                rs: 1,
-                cs: s.p as isize,
-            };
+            let rhs = MatRef { ptr: dy[(img * g.c_out + gi * s.cog) * s.p + t.p0..].as_ptr(), rs: 1, cs: s.p as isize };
             // dWᵀ[K x cog] of this group: element (k, co) at co·K + k.
-            let dst = MatMut {
-                ptr: acc[gi * s.cog * s.kk..].as_mut_ptr(),
-                rs: 1,
-                cs: s.kk as isize,
-            };
+            let dst = MatMut { ptr: acc[gi * s.cog * s.kk..].as_mut_ptr(), rs: 1, cs: s.kk as isize };
             if s.pointwise {
-                let lhs = MatRef {
-                    ptr: xg[t.p0..].as_ptr(),
-                    rs: s.hw as isize,
-                    cs: 1,
-                };
+                let lhs = MatRef { ptr: xg[t.p0..].as_ptr(), rs: s.hw as isize, cs: 1 };
                 // SAFETY: lhs addresses xg[c·hw + p0 + i] (c < cig, i < len); rhs lies in dy's
                 // image img; dst is this group's cog·K block of the job-private accumulator.
                 unsafe { sgemm(s.kk, s.cog, t.len, dst, true, lhs, rhs, par) };
@@ -566,11 +475,7 @@ fn backward_weight_tiled(x: &[f32], dy: &[f32], g: &Conv2dGeom, tile_rows: usize
                     let (xp, col) = buf.split_at_mut(t.padded_len(&s));
                     pad_rows(xg, g, &s, &t, xp);
                     im2col(xp, g, &s, &t, col);
-                    let lhs = MatRef {
-                        ptr: col.as_ptr(),
-                        rs: t.len as isize,
-                        cs: 1,
-                    };
+                    let lhs = MatRef { ptr: col.as_ptr(), rs: t.len as isize, cs: 1 };
                     // SAFETY: col is [K][len]; rhs and dst as above.
                     unsafe { sgemm(s.kk, s.cog, t.len, dst, true, lhs, rhs, par) };
                 });
@@ -583,10 +488,7 @@ fn backward_weight_tiled(x: &[f32], dy: &[f32], g: &Conv2dGeom, tile_rows: usize
         a
     };
     if jobs > 1 && g.flops() >= PAR_MIN_FLOPS {
-        (0..jobs)
-            .into_par_iter()
-            .fold(|| vec![0.0f32; wlen], job)
-            .reduce(|| vec![0.0f32; wlen], add)
+        (0..jobs).into_par_iter().fold(|| vec![0.0f32; wlen], job).reduce(|| vec![0.0f32; wlen], add)
     } else {
         (0..jobs).fold(vec![0.0f32; wlen], job)
     }
@@ -664,10 +566,7 @@ fn depthwise_backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom, s: &Sizes, dx:
                             continue;
                         }
                         if sx == 1 {
-                            for (d, v) in xrow[lo + kx - px..hi + kx - px]
-                                .iter_mut()
-                                .zip(&dyrow[lo..hi])
-                            {
+                            for (d, v) in xrow[lo + kx - px..hi + kx - px].iter_mut().zip(&dyrow[lo..hi]) {
                                 *d += wv * v;
                             }
                         } else {
@@ -706,11 +605,7 @@ fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom, s: &Sizes) -
                             continue;
                         }
                         let acc: f32 = if sx == 1 {
-                            xrow[lo + kx - px..hi + kx - px]
-                                .iter()
-                                .zip(&dyrow[lo..hi])
-                                .map(|(a, b)| a * b)
-                                .sum()
+                            xrow[lo + kx - px..hi + kx - px].iter().zip(&dyrow[lo..hi]).map(|(a, b)| a * b).sum()
                         } else {
                             (lo..hi).map(|ox| xrow[ox * sx + kx - px] * dyrow[ox]).sum()
                         };
@@ -757,9 +652,7 @@ mod tests {
     }
 
     fn vals(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 31 + seed * 17) % 23) as f32 - 11.0) / 11.0)
-            .collect()
+        (0..len).map(|i| (((i * 31 + seed * 17) % 23) as f32 - 11.0) / 11.0).collect()
     }
 
     /// Naive f64 forward, and its adjoints, indexed straight from the definition.
@@ -779,12 +672,10 @@ mod tests {
                                 for kx in 0..g.kw {
                                     let iy = (oy * g.stride.0 + ky) as isize - g.pad.0 as isize;
                                     let ix = (ox * g.stride.1 + kx) as isize - g.pad.1 as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                         continue;
                                     }
-                                    let xi =
-                                        ((n * g.c_in + ci) * g.h + iy as usize) * g.w + ix as usize;
+                                    let xi = ((n * g.c_in + ci) * g.h + iy as usize) * g.w + ix as usize;
                                     let wi = ((co * cig + c) * g.kh + ky) * g.kw + kx;
                                     y[yi] += x[xi] as f64 * w[wi] as f64;
                                     dx[xi] += dy[yi] as f64 * w[wi] as f64;
@@ -802,10 +693,7 @@ mod tests {
     fn close(got: &[f32], want: &[f64], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "{what}: element {i}: {a} vs {b}"
-            );
+            assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what}: element {i}: {a} vs {b}");
         }
     }
 
@@ -830,21 +718,9 @@ mod tests {
             for tile in [1, 2, 3, g.h_out - 1, g.h_out, g.h_out + 2] {
                 let tile = tile.max(1);
                 let what = format!("{g:?} tile {tile}");
-                close(
-                    &conv2d_tiled(&x, &w, g, tile),
-                    &y,
-                    &format!("{what} forward"),
-                );
-                close(
-                    &backward_data_tiled(&dy, &w, g, tile),
-                    &dx,
-                    &format!("{what} backward data"),
-                );
-                close(
-                    &backward_weight_tiled(&x, &dy, g, tile),
-                    &dw,
-                    &format!("{what} backward weight"),
-                );
+                close(&conv2d_tiled(&x, &w, g, tile), &y, &format!("{what} forward"));
+                close(&backward_data_tiled(&dy, &w, g, tile), &dx, &format!("{what} backward data"));
+                close(&backward_weight_tiled(&x, &dy, g, tile), &dw, &format!("{what} backward weight"));
             }
         }
     }
@@ -855,53 +731,30 @@ mod tests {
         let g = geom(1, 16, 61, 61, 8, 3, 1, 1, 1);
         let s = Sizes::of(&g);
         let t = tile_rows(s.kk, g.h_out, g.w_out);
-        assert!(
-            t < g.h_out && !g.h_out.is_multiple_of(t),
-            "tile of {t} rows over {}",
-            g.h_out
-        );
+        assert!(t < g.h_out && !g.h_out.is_multiple_of(t), "tile of {t} rows over {}", g.h_out);
         let x = vals(g.n * g.c_in * g.h * g.w, 4);
         let w = vals(g.c_out * s.kk, 5);
         let dy = vals(g.n * g.c_out * s.p, 6);
         let (y, dx, dw) = naive(&x, &w, &dy, &g);
         close(&conv2d(&x, &w, &g).unwrap(), &y, "forward");
-        close(
-            &conv2d_backward_data(&dy, &w, &g).unwrap(),
-            &dx,
-            "backward data",
-        );
+        close(&conv2d_backward_data(&dy, &w, &g).unwrap(), &dx, "backward data");
         let got = conv2d_backward_weight(&x, &dy, &g).unwrap();
         for (a, b) in got.iter().zip(&dw) {
-            assert!(
-                (*a as f64 - b).abs() <= 1e-3 * (1.0 + b.abs()),
-                "dw {a} vs {b}"
-            );
+            assert!((*a as f64 - b).abs() <= 1e-3 * (1.0 + b.abs()), "dw {a} vs {b}");
         }
     }
 
     #[test]
     fn depthwise_and_multiplier_match_naive() {
-        for g in [
-            geom(2, 6, 9, 9, 6, 3, 1, 1, 6),
-            geom(1, 3, 8, 7, 6, 5, 2, 2, 3),
-            geom(3, 1, 5, 5, 4, 3, 1, 0, 1),
-        ] {
+        for g in [geom(2, 6, 9, 9, 6, 3, 1, 1, 6), geom(1, 3, 8, 7, 6, 5, 2, 2, 3), geom(3, 1, 5, 5, 4, 3, 1, 0, 1)] {
             let s = Sizes::of(&g);
             let x = vals(g.n * g.c_in * g.h * g.w, 7);
             let w = vals(g.c_out * s.kk, 8);
             let dy = vals(g.n * g.c_out * s.p, 9);
             let (y, dx, dw) = naive(&x, &w, &dy, &g);
             close(&conv2d(&x, &w, &g).unwrap(), &y, "depthwise forward");
-            close(
-                &conv2d_backward_data(&dy, &w, &g).unwrap(),
-                &dx,
-                "depthwise backward data",
-            );
-            close(
-                &conv2d_backward_weight(&x, &dy, &g).unwrap(),
-                &dw,
-                "depthwise backward weight",
-            );
+            close(&conv2d_backward_data(&dy, &w, &g).unwrap(), &dx, "depthwise backward data");
+            close(&conv2d_backward_weight(&x, &dy, &g).unwrap(), &dw, "depthwise backward weight");
         }
     }
 

@@ -13,19 +13,13 @@ fn map_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
     if out.len() < PAR_MIN_ELEMS {
         f(0, out);
     } else {
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, c)| f(i * CHUNK, c));
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
     }
 }
 
 fn softplus(x: f32) -> f32 {
     // log(1+e^x) without overflow; PyTorch switches to x above 20 as well.
-    if x > 20.0 {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
+    if x > 20.0 { x } else { x.exp().ln_1p() }
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -39,13 +33,7 @@ fn unary_one(op: UnaryOp, x: f32) -> f32 {
     match op {
         UnaryOp::Relu => x.max(0.0),
         UnaryOp::Relu6 => x.clamp(0.0, 6.0),
-        UnaryOp::LeakyRelu(s) => {
-            if x > 0.0 {
-                x
-            } else {
-                s * x
-            }
-        }
+        UnaryOp::LeakyRelu(s) => if x > 0.0 { x } else { s * x },
         UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erff(x * INV_SQRT2)),
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
@@ -54,11 +42,7 @@ fn unary_one(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Log => x.ln(),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Pow(p) => {
-            if p == 2.0 {
-                x * x
-            } else {
-                x.powf(p)
-            }
+            if p == 2.0 { x * x } else { x.powf(p) }
         }
         UnaryOp::Abs => x.abs(),
         UnaryOp::Affine { mul, add } => x * mul + add,
@@ -72,13 +56,7 @@ fn unary_grad(op: UnaryOp, x: f32, y: f32) -> f32 {
     match op {
         UnaryOp::Relu => (x > 0.0) as u32 as f32,
         UnaryOp::Relu6 => (x > 0.0 && x < 6.0) as u32 as f32,
-        UnaryOp::LeakyRelu(s) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                s
-            }
-        }
+        UnaryOp::LeakyRelu(s) => if x > 0.0 { 1.0 } else { s },
         UnaryOp::Gelu => {
             let cdf = 0.5 * (1.0 + libm::erff(x * INV_SQRT2));
             let pdf = (-0.5 * x * x).exp() * (INV_SQRT2 * std::f32::consts::FRAC_2_SQRT_PI * 0.5);
@@ -94,20 +72,10 @@ fn unary_grad(op: UnaryOp, x: f32, y: f32) -> f32 {
         UnaryOp::Log => 1.0 / x,
         UnaryOp::Sqrt => 0.5 / y,
         UnaryOp::Pow(p) => {
-            if p == 2.0 {
-                2.0 * x
-            } else {
-                p * x.powf(p - 1.0)
-            }
+            if p == 2.0 { 2.0 * x } else { p * x.powf(p - 1.0) }
         }
         UnaryOp::Abs => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
+            if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }
         }
         UnaryOp::Affine { mul, .. } => mul,
         UnaryOp::ClampMin(lo) => (x > lo) as u32 as f32,
@@ -158,14 +126,7 @@ fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
 
 /// Broadcasting binary op. Fast paths: equal shapes, and a scalar operand; otherwise the
 /// innermost dim runs as a straight (possibly constant-stride) loop per output row.
-pub fn binary(
-    op: BinaryOp,
-    a: &[f32],
-    a_dims: &[usize],
-    b: &[f32],
-    b_dims: &[usize],
-    out_dims: &[usize],
-) -> Vec<f32> {
+pub fn binary(op: BinaryOp, a: &[f32], a_dims: &[usize], b: &[f32], b_dims: &[usize], out_dims: &[usize]) -> Vec<f32> {
     let n: usize = out_dims.iter().product();
     let mut out = vec![0.0; n];
     if n == 0 {
@@ -180,10 +141,7 @@ pub fn binary(
         return out;
     }
     let r = out_dims.len();
-    let (sa, sb) = (
-        broadcast_strides(a_dims, out_dims),
-        broadcast_strides(b_dims, out_dims),
-    );
+    let (sa, sb) = (broadcast_strides(a_dims, out_dims), broadcast_strides(b_dims, out_dims));
     let inner = out_dims[r - 1];
     let (ia, ib) = (sa[r - 1], sb[r - 1]);
     let row_fn = |row: usize, o: &mut [f32]| {
@@ -220,9 +178,7 @@ pub fn binary(
             row_fn(row, o);
         }
     } else {
-        out.par_chunks_mut(inner)
-            .enumerate()
-            .for_each(|(row, o)| row_fn(row, o));
+        out.par_chunks_mut(inner).enumerate().for_each(|(row, o)| row_fn(row, o));
     }
     out
 }
@@ -234,17 +190,9 @@ pub fn sgd_step(param: &mut [f32], grad: &[f32], buf: &mut [f32], s: &SgdStep) {
         for i in 0..p.len() {
             let gi = g[i] + s.weight_decay * p[i];
             let step = if s.momentum != 0.0 {
-                let mi = if s.first_step {
-                    gi
-                } else {
-                    s.momentum * m[i] + gi
-                };
+                let mi = if s.first_step { gi } else { s.momentum * m[i] + gi };
                 m[i] = mi;
-                if s.nesterov {
-                    gi + s.momentum * mi
-                } else {
-                    mi
-                }
+                if s.nesterov { gi + s.momentum * mi } else { mi }
             } else {
                 gi
             };

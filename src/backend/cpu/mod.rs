@@ -12,8 +12,8 @@ pub mod pool;
 pub mod reduce;
 
 use super::{
-    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom,
-    PoolKind, ResizeGeom, SgdStep, Storage, UnaryOp,
+    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, SgdStep,
+    Storage, UnaryOp,
 };
 use crate::error::Result;
 
@@ -51,37 +51,11 @@ impl Backend for CpuBackend {
     fn unary(&self, op: UnaryOp, x: &Storage) -> Result<Storage> {
         Ok(cpu(elementwise::unary(op, x.as_cpu()?)))
     }
-    fn unary_backward(
-        &self,
-        op: UnaryOp,
-        x: &Storage,
-        y: &Storage,
-        dy: &Storage,
-    ) -> Result<Storage> {
-        Ok(cpu(elementwise::unary_backward(
-            op,
-            x.as_cpu()?,
-            y.as_cpu()?,
-            dy.as_cpu()?,
-        )))
+    fn unary_backward(&self, op: UnaryOp, x: &Storage, y: &Storage, dy: &Storage) -> Result<Storage> {
+        Ok(cpu(elementwise::unary_backward(op, x.as_cpu()?, y.as_cpu()?, dy.as_cpu()?)))
     }
-    fn binary(
-        &self,
-        op: BinaryOp,
-        a: &Storage,
-        a_dims: &[usize],
-        b: &Storage,
-        b_dims: &[usize],
-        out_dims: &[usize],
-    ) -> Result<Storage> {
-        Ok(cpu(elementwise::binary(
-            op,
-            a.as_cpu()?,
-            a_dims,
-            b.as_cpu()?,
-            b_dims,
-            out_dims,
-        )))
+    fn binary(&self, op: BinaryOp, a: &Storage, a_dims: &[usize], b: &Storage, b_dims: &[usize], out_dims: &[usize]) -> Result<Storage> {
+        Ok(cpu(elementwise::binary(op, a.as_cpu()?, a_dims, b.as_cpu()?, b_dims, out_dims)))
     }
     fn sum_to(&self, x: &Storage, x_dims: &[usize], to_dims: &[usize]) -> Result<Storage> {
         Ok(cpu(reduce::sum_to(x.as_cpu()?, x_dims, to_dims)))
@@ -90,17 +64,8 @@ impl Backend for CpuBackend {
     fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
         Ok(cpu(layout::permute(x.as_cpu()?, dims, perm)))
     }
-    fn concat(
-        &self,
-        parts: &[&Storage],
-        outer: usize,
-        lens: &[usize],
-        inner: usize,
-    ) -> Result<Storage> {
-        let slices = parts
-            .iter()
-            .map(|p| p.as_cpu())
-            .collect::<Result<Vec<_>>>()?;
+    fn concat(&self, parts: &[&Storage], outer: usize, lens: &[usize], inner: usize) -> Result<Storage> {
+        let slices = parts.iter().map(|p| p.as_cpu()).collect::<Result<Vec<_>>>()?;
         Ok(cpu(layout::concat(&slices, outer, lens, inner)))
     }
     fn narrow(&self, x: &Storage, g: DimGeom, start: usize, len: usize) -> Result<Storage> {
@@ -114,36 +79,17 @@ impl Backend for CpuBackend {
         Ok(cpu(conv::conv2d(x.as_cpu()?, w.as_cpu()?, g)?))
     }
     fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &Conv2dGeom) -> Result<Storage> {
-        Ok(cpu(conv::conv2d_backward_data(
-            dy.as_cpu()?,
-            w.as_cpu()?,
-            g,
-        )?))
+        Ok(cpu(conv::conv2d_backward_data(dy.as_cpu()?, w.as_cpu()?, g)?))
     }
     fn conv2d_backward_weight(&self, x: &Storage, dy: &Storage, g: &Conv2dGeom) -> Result<Storage> {
-        Ok(cpu(conv::conv2d_backward_weight(
-            x.as_cpu()?,
-            dy.as_cpu()?,
-            g,
-        )?))
+        Ok(cpu(conv::conv2d_backward_weight(x.as_cpu()?, dy.as_cpu()?, g)?))
     }
 
     fn pool2d(&self, kind: PoolKind, x: &Storage, g: &Pool2dGeom) -> Result<Storage> {
         Ok(cpu(pool::pool2d(kind, x.as_cpu()?, g)?))
     }
-    fn pool2d_backward(
-        &self,
-        kind: PoolKind,
-        x: &Storage,
-        dy: &Storage,
-        g: &Pool2dGeom,
-    ) -> Result<Storage> {
-        Ok(cpu(pool::pool2d_backward(
-            kind,
-            x.as_cpu()?,
-            dy.as_cpu()?,
-            g,
-        )?))
+    fn pool2d_backward(&self, kind: PoolKind, x: &Storage, dy: &Storage, g: &Pool2dGeom) -> Result<Storage> {
+        Ok(cpu(pool::pool2d_backward(kind, x.as_cpu()?, dy.as_cpu()?, g)?))
     }
     fn adaptive_avg_pool2d(&self, x: &Storage, g: &ResizeGeom) -> Result<Storage> {
         Ok(cpu(pool::adaptive_avg_pool2d(x.as_cpu()?, g)?))
@@ -154,12 +100,7 @@ impl Backend for CpuBackend {
     fn interpolate(&self, mode: InterpMode, x: &Storage, g: &ResizeGeom) -> Result<Storage> {
         Ok(cpu(pool::interpolate(mode, x.as_cpu()?, g)?))
     }
-    fn interpolate_backward(
-        &self,
-        mode: InterpMode,
-        dy: &Storage,
-        g: &ResizeGeom,
-    ) -> Result<Storage> {
+    fn interpolate_backward(&self, mode: InterpMode, dy: &Storage, g: &ResizeGeom) -> Result<Storage> {
         Ok(cpu(pool::interpolate_backward(mode, dy.as_cpu()?, g)?))
     }
 
@@ -172,14 +113,7 @@ impl Backend for CpuBackend {
         running_var: &mut Storage,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        let r = norm::batch_norm_train(
-            x.as_cpu()?,
-            gamma.as_cpu()?,
-            beta.as_cpu()?,
-            running_mean.as_cpu_mut()?,
-            running_var.as_cpu_mut()?,
-            g,
-        )?;
+        let r = norm::batch_norm_train(x.as_cpu()?, gamma.as_cpu()?, beta.as_cpu()?, running_mean.as_cpu_mut()?, running_var.as_cpu_mut()?, g)?;
         Ok(triple(r))
     }
     fn batch_norm_backward(
@@ -191,28 +125,10 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        Ok(triple(norm::batch_norm_backward(
-            x.as_cpu()?,
-            dy.as_cpu()?,
-            gamma.as_cpu()?,
-            mean.as_cpu()?,
-            invstd.as_cpu()?,
-            g,
-        )?))
+        Ok(triple(norm::batch_norm_backward(x.as_cpu()?, dy.as_cpu()?, gamma.as_cpu()?, mean.as_cpu()?, invstd.as_cpu()?, g)?))
     }
-    fn layer_norm(
-        &self,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        g: &NormGeom,
-    ) -> Result<(Storage, Storage, Storage)> {
-        Ok(triple(norm::layer_norm(
-            x.as_cpu()?,
-            gamma.as_cpu()?,
-            beta.as_cpu()?,
-            g,
-        )?))
+    fn layer_norm(&self, x: &Storage, gamma: &Storage, beta: &Storage, g: &NormGeom) -> Result<(Storage, Storage, Storage)> {
+        Ok(triple(norm::layer_norm(x.as_cpu()?, gamma.as_cpu()?, beta.as_cpu()?, g)?))
     }
     fn layer_norm_backward(
         &self,
@@ -223,79 +139,26 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        Ok(triple(norm::layer_norm_backward(
-            x.as_cpu()?,
-            dy.as_cpu()?,
-            gamma.as_cpu()?,
-            mean.as_cpu()?,
-            invstd.as_cpu()?,
-            g,
-        )?))
+        Ok(triple(norm::layer_norm_backward(x.as_cpu()?, dy.as_cpu()?, gamma.as_cpu()?, mean.as_cpu()?, invstd.as_cpu()?, g)?))
     }
 
     fn softmax(&self, x: &Storage, g: DimGeom, log: bool) -> Result<Storage> {
         Ok(cpu(reduce::softmax(x.as_cpu()?, g, log)))
     }
-    fn softmax_backward(
-        &self,
-        y: &Storage,
-        dy: &Storage,
-        g: DimGeom,
-        log: bool,
-    ) -> Result<Storage> {
-        Ok(cpu(reduce::softmax_backward(
-            y.as_cpu()?,
-            dy.as_cpu()?,
-            g,
-            log,
-        )))
+    fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool) -> Result<Storage> {
+        Ok(cpu(reduce::softmax_backward(y.as_cpu()?, dy.as_cpu()?, g, log)))
     }
-    fn cross_entropy(
-        &self,
-        logits: &Storage,
-        labels: &[u32],
-        rows: usize,
-        classes: usize,
-    ) -> Result<Storage> {
-        Ok(cpu(vec![reduce::cross_entropy(
-            logits.as_cpu()?,
-            labels,
-            rows,
-            classes,
-        )]))
+    fn cross_entropy(&self, logits: &Storage, labels: &[u32], rows: usize, classes: usize) -> Result<Storage> {
+        Ok(cpu(vec![reduce::cross_entropy(logits.as_cpu()?, labels, rows, classes)]))
     }
-    fn cross_entropy_backward(
-        &self,
-        logits: &Storage,
-        labels: &[u32],
-        dloss: &Storage,
-        rows: usize,
-        classes: usize,
-    ) -> Result<Storage> {
-        Ok(cpu(reduce::cross_entropy_backward(
-            logits.as_cpu()?,
-            labels,
-            dloss.as_cpu()?[0],
-            rows,
-            classes,
-        )))
+    fn cross_entropy_backward(&self, logits: &Storage, labels: &[u32], dloss: &Storage, rows: usize, classes: usize) -> Result<Storage> {
+        Ok(cpu(reduce::cross_entropy_backward(logits.as_cpu()?, labels, dloss.as_cpu()?[0], rows, classes)))
     }
     fn kl_div(&self, log_q: &Storage, p: &Storage, rows: usize) -> Result<Storage> {
-        Ok(cpu(vec![reduce::kl_div(
-            log_q.as_cpu()?,
-            p.as_cpu()?,
-            rows,
-        )]))
+        Ok(cpu(vec![reduce::kl_div(log_q.as_cpu()?, p.as_cpu()?, rows)]))
     }
-    fn kl_div_backward(
-        &self,
-        log_q: &Storage,
-        p: &Storage,
-        dloss: &Storage,
-        rows: usize,
-    ) -> Result<(Storage, Storage)> {
-        let (dq, dp) =
-            reduce::kl_div_backward(log_q.as_cpu()?, p.as_cpu()?, dloss.as_cpu()?[0], rows);
+    fn kl_div_backward(&self, log_q: &Storage, p: &Storage, dloss: &Storage, rows: usize) -> Result<(Storage, Storage)> {
+        let (dq, dp) = reduce::kl_div_backward(log_q.as_cpu()?, p.as_cpu()?, dloss.as_cpu()?[0], rows);
         Ok((cpu(dq), cpu(dp)))
     }
     fn reduce_sum(&self, x: &Storage, g: DimGeom) -> Result<Storage> {
@@ -305,43 +168,17 @@ impl Backend for CpuBackend {
         Ok(cpu(reduce::reduce_max(x.as_cpu()?, g)))
     }
     fn reduce_max_backward(&self, x: &Storage, dy: &Storage, g: DimGeom) -> Result<Storage> {
-        Ok(cpu(reduce::reduce_max_backward(
-            x.as_cpu()?,
-            dy.as_cpu()?,
-            g,
-        )))
+        Ok(cpu(reduce::reduce_max_backward(x.as_cpu()?, dy.as_cpu()?, g)))
     }
     fn normalize(&self, x: &Storage, g: DimGeom, eps: f32) -> Result<Storage> {
         Ok(cpu(reduce::normalize(x.as_cpu()?, g, eps)))
     }
-    fn normalize_backward(
-        &self,
-        x: &Storage,
-        dy: &Storage,
-        g: DimGeom,
-        eps: f32,
-    ) -> Result<Storage> {
-        Ok(cpu(reduce::normalize_backward(
-            x.as_cpu()?,
-            dy.as_cpu()?,
-            g,
-            eps,
-        )))
+    fn normalize_backward(&self, x: &Storage, dy: &Storage, g: DimGeom, eps: f32) -> Result<Storage> {
+        Ok(cpu(reduce::normalize_backward(x.as_cpu()?, dy.as_cpu()?, g, eps)))
     }
 
-    fn sgd_step(
-        &self,
-        param: &mut Storage,
-        grad: &Storage,
-        momentum_buf: &mut Storage,
-        step: &SgdStep,
-    ) -> Result<()> {
-        elementwise::sgd_step(
-            param.as_cpu_mut()?,
-            grad.as_cpu()?,
-            momentum_buf.as_cpu_mut()?,
-            step,
-        );
+    fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()> {
+        elementwise::sgd_step(param.as_cpu_mut()?, grad.as_cpu()?, momentum_buf.as_cpu_mut()?, step);
         Ok(())
     }
 }

@@ -30,12 +30,7 @@ pub fn batch_norm_backward(
     Err(pending("batch_norm_backward"))
 }
 /// Rows g.n, cols g.c. Returns (y, mean[rows], invstd[rows]).
-pub fn layer_norm(
-    _x: &[f32],
-    _gamma: &[f32],
-    _beta: &[f32],
-    _g: &NormGeom,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+pub fn layer_norm(_x: &[f32], _gamma: &[f32], _beta: &[f32], _g: &NormGeom) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     Err(pending("layer_norm"))
 }
 /// Returns (dx, dgamma[cols], dbeta[cols]).

@@ -10,12 +10,7 @@ fn pending(op: &'static str) -> Error {
 pub fn pool2d(_kind: PoolKind, _x: &[f32], _g: &Pool2dGeom) -> Result<Vec<f32>> {
     Err(pending("pool2d"))
 }
-pub fn pool2d_backward(
-    _kind: PoolKind,
-    _x: &[f32],
-    _dy: &[f32],
-    _g: &Pool2dGeom,
-) -> Result<Vec<f32>> {
+pub fn pool2d_backward(_kind: PoolKind, _x: &[f32], _dy: &[f32], _g: &Pool2dGeom) -> Result<Vec<f32>> {
     Err(pending("pool2d_backward"))
 }
 pub fn adaptive_avg_pool2d(_x: &[f32], _g: &ResizeGeom) -> Result<Vec<f32>> {

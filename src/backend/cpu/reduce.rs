@@ -11,9 +11,7 @@ use crate::backend::DimGeom;
 /// Parallel over outer when the tensor is large.
 fn for_lines(g: DimGeom, total: usize, f: impl Fn(usize, usize) + Sync) {
     if total >= PAR_MIN_ELEMS && g.outer > 1 {
-        (0..g.outer)
-            .into_par_iter()
-            .for_each(|o| (0..g.inner).for_each(|i| f(o, i)));
+        (0..g.outer).into_par_iter().for_each(|o| (0..g.inner).for_each(|i| f(o, i)));
     } else {
         for o in 0..g.outer {
             for i in 0..g.inner {
@@ -44,10 +42,7 @@ pub fn reduce_sum(x: &[f32], g: DimGeom) -> Vec<f32> {
     let mut out = vec![0.0f32; g.outer * g.inner];
     if g.inner == 1 {
         for (o, v) in out.iter_mut().enumerate() {
-            *v = x[o * g.len..(o + 1) * g.len]
-                .iter()
-                .map(|&v| v as f64)
-                .sum::<f64>() as f32;
+            *v = x[o * g.len..(o + 1) * g.len].iter().map(|&v| v as f64).sum::<f64>() as f32;
         }
         return out;
     }
@@ -154,9 +149,7 @@ pub fn softmax_backward(y: &[f32], dy: &[f32], g: DimGeom, log: bool) -> Vec<f32
                 out.set(j, dy[j] - y[j].exp() * s);
             }
         } else {
-            let s: f32 = (0..g.len)
-                .map(|k| dy[at(g, o, k, i)] * y[at(g, o, k, i)])
-                .sum();
+            let s: f32 = (0..g.len).map(|k| dy[at(g, o, k, i)] * y[at(g, o, k, i)]).sum();
             for k in 0..g.len {
                 let j = at(g, o, k, i);
                 out.set(j, y[j] * (dy[j] - s));
@@ -182,22 +175,8 @@ pub fn cross_entropy(logits: &[f32], labels: &[u32], rows: usize, classes: usize
 }
 
 /// d mean CE / d logits = (softmax − onehot)·dloss / rows.
-pub fn cross_entropy_backward(
-    logits: &[f32],
-    labels: &[u32],
-    dloss: f32,
-    rows: usize,
-    classes: usize,
-) -> Vec<f32> {
-    let mut d = softmax(
-        logits,
-        DimGeom {
-            outer: rows,
-            len: classes,
-            inner: 1,
-        },
-        false,
-    );
+pub fn cross_entropy_backward(logits: &[f32], labels: &[u32], dloss: f32, rows: usize, classes: usize) -> Vec<f32> {
+    let mut d = softmax(logits, DimGeom { outer: rows, len: classes, inner: 1 }, false);
     let s = dloss / rows as f32;
     for r in 0..rows {
         d[r * classes + labels[r] as usize] -= 1.0;
@@ -213,13 +192,7 @@ pub fn kl_div(log_q: &[f32], p: &[f32], rows: usize) -> f32 {
     let total: f64 = log_q
         .iter()
         .zip(p)
-        .map(|(&lq, &p)| {
-            if p > 0.0 {
-                p as f64 * ((p as f64).ln() - lq as f64)
-            } else {
-                0.0
-            }
-        })
+        .map(|(&lq, &p)| if p > 0.0 { p as f64 * ((p as f64).ln() - lq as f64) } else { 0.0 })
         .sum();
     (total / rows as f64) as f32
 }
@@ -227,25 +200,12 @@ pub fn kl_div(log_q: &[f32], p: &[f32], rows: usize) -> f32 {
 pub fn kl_div_backward(log_q: &[f32], p: &[f32], dloss: f32, rows: usize) -> (Vec<f32>, Vec<f32>) {
     let s = dloss / rows as f32;
     let dq = p.iter().map(|&p| -p * s).collect();
-    let dp = log_q
-        .iter()
-        .zip(p)
-        .map(|(&lq, &p)| {
-            if p > 0.0 {
-                (p.ln() + 1.0 - lq) * s
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let dp = log_q.iter().zip(p).map(|(&lq, &p)| if p > 0.0 { (p.ln() + 1.0 - lq) * s } else { 0.0 }).collect();
     (dq, dp)
 }
 
 fn line_norm(x: &[f32], g: DimGeom, o: usize, i: usize) -> f32 {
-    (0..g.len)
-        .map(|k| (x[at(g, o, k, i)] as f64).powi(2))
-        .sum::<f64>()
-        .sqrt() as f32
+    (0..g.len).map(|k| (x[at(g, o, k, i)] as f64).powi(2)).sum::<f64>().sqrt() as f32
 }
 
 pub fn normalize(x: &[f32], g: DimGeom, eps: f32) -> Vec<f32> {
@@ -268,9 +228,7 @@ pub fn normalize_backward(x: &[f32], dy: &[f32], g: DimGeom, eps: f32) -> Vec<f3
     for_lines(g, x.len(), |o, i| {
         let n = line_norm(x, g, o, i);
         if n > eps {
-            let dot: f32 = (0..g.len)
-                .map(|k| x[at(g, o, k, i)] * dy[at(g, o, k, i)])
-                .sum();
+            let dot: f32 = (0..g.len).map(|k| x[at(g, o, k, i)] * dy[at(g, o, k, i)]).sum();
             let c = dot / (n * n);
             for k in 0..g.len {
                 let j = at(g, o, k, i);
