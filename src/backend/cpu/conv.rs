@@ -124,16 +124,23 @@ impl Tile {
 /// reads, zero-padded.
 fn pad_rows(x: &[f32], g: &Conv2dGeom, s: &Sizes, t: &Tile, xp: &mut [f32]) {
     let px = g.pad.1;
-    for (i, row) in xp.chunks_exact_mut(s.wp).enumerate() {
-        let (ci, r) = (i / t.in_rows, i % t.in_rows);
-        let iy = t.input_row(g, r);
-        if iy < 0 || iy >= g.h as isize {
-            row.fill(0.0);
-            continue;
+    let copy = row_copier();
+    // Padded rows r in [r0, r1) hold input rows; the rest, and the side columns, are zeros.
+    let r0 = (-t.input_row(g, 0)).clamp(0, t.in_rows as isize) as usize;
+    let r1 = (g.h as isize - t.input_row(g, 0)).clamp(r0 as isize, t.in_rows as isize) as usize;
+    for (ci, plane) in xp.chunks_exact_mut(t.in_rows * s.wp).enumerate() {
+        plane[..r0 * s.wp].fill(0.0);
+        plane[r1 * s.wp..].fill(0.0);
+        if px > 0 {
+            for row in plane[r0 * s.wp..r1 * s.wp].chunks_exact_mut(s.wp) {
+                row[..px].fill(0.0);
+                row[px + g.w..].fill(0.0);
+            }
         }
-        row[..px].fill(0.0);
-        row[px + g.w..].fill(0.0);
-        row[px..px + g.w].copy_from_slice(&x[ci * s.hw + iy as usize * g.w..][..g.w]);
+        if r1 > r0 {
+            let iy0 = (t.input_row(g, r0)) as usize;
+            copy(&mut plane[r0 * s.wp + px..], s.wp, &x[ci * s.hw + iy0 * g.w..], g.w, r1 - r0, g.w);
+        }
     }
 }
 
@@ -161,7 +168,7 @@ fn im2col(xp: &[f32], g: &Conv2dGeom, s: &Sizes, t: &Tile, col: &mut [f32]) {
         let (ci, ky, kx) = (kk / (g.kh * g.kw), kk / g.kw % g.kh, kk % g.kw);
         let src = &xp[(ci * t.in_rows + ky) * s.wp + kx..];
         if sx == 1 {
-            copy(dst, src, t.rows, g.w_out, sy * s.wp);
+            copy(dst, g.w_out, src, sy * s.wp, t.rows, g.w_out);
         } else {
             for (r, d) in dst.chunks_exact_mut(g.w_out).enumerate() {
                 let srow = &src[r * sy * s.wp..];
@@ -193,18 +200,20 @@ fn col2im(col: &[f32], g: &Conv2dGeom, s: &Sizes, t: &Tile, dxp: &mut [f32]) {
     }
 }
 
-/// dst[r·w + i] = src[r·stride + i] for r < rows, i < w.
-type RowCopy = fn(&mut [f32], &[f32], usize, usize, usize);
+/// dst[r·dst_stride + i] = src[r·src_stride + i] for r < rows, i < w.
+type RowCopy = fn(&mut [f32], usize, &[f32], usize, usize, usize);
 /// dst[r·stride + i] += src[r·w + i] for r < rows, i < w.
 type RowAdd = fn(&mut [f32], &[f32], usize, usize, usize);
 
-fn check_rows(dense: usize, strided: usize, rows: usize, w: usize, stride: usize) {
-    assert!(dense >= rows * w && (rows == 0 || strided >= (rows - 1) * stride + w), "row copy out of bounds");
+/// Panics unless `rows` rows of `w` floats, `stride` apart, fit in `len` floats (the bounds
+/// the SIMD row loops rely on; geometry is validated before a kernel runs, so this never fires).
+fn check_strided(len: usize, rows: usize, w: usize, stride: usize) {
+    assert!(rows == 0 || len >= (rows - 1) * stride + w, "row copy out of bounds");
 }
 
-fn copy_rows_portable(dst: &mut [f32], src: &[f32], rows: usize, w: usize, stride: usize) {
-    for (r, d) in dst[..rows * w].chunks_exact_mut(w).enumerate() {
-        d.copy_from_slice(&src[r * stride..][..w]);
+fn copy_rows_portable(dst: &mut [f32], dst_stride: usize, src: &[f32], src_stride: usize, rows: usize, w: usize) {
+    for r in 0..rows {
+        dst[r * dst_stride..][..w].copy_from_slice(&src[r * src_stride..][..w]);
     }
 }
 
@@ -225,27 +234,36 @@ mod avx512 {
         (w / 16, ((1u32 << (w % 16)) - 1) as __mmask16)
     }
 
-    pub fn copy_rows(dst: &mut [f32], src: &[f32], rows: usize, w: usize, stride: usize) {
-        super::check_rows(dst.len(), src.len(), rows, w, stride);
+    pub fn copy_rows(dst: &mut [f32], dst_stride: usize, src: &[f32], src_stride: usize, rows: usize, w: usize) {
+        super::check_strided(src.len(), rows, w, src_stride);
+        super::check_strided(dst.len(), rows, w, dst_stride);
         // SAFETY: row_copier hands this out only when avx512f was detected; check_rows proved
         // every row's w floats lie inside dst and src.
-        unsafe { copy_rows_impl(dst.as_mut_ptr(), src.as_ptr(), rows, w, stride) }
+        unsafe { copy_rows_impl(dst.as_mut_ptr(), dst_stride, src.as_ptr(), src_stride, rows, w) }
     }
 
     pub fn add_rows(dst: &mut [f32], src: &[f32], rows: usize, w: usize, stride: usize) {
-        super::check_rows(src.len(), dst.len(), rows, w, stride);
+        super::check_strided(src.len(), rows, w, w);
+        super::check_strided(dst.len(), rows, w, stride);
         // SAFETY: as in copy_rows, with the strided side being dst.
         unsafe { add_rows_impl(dst.as_mut_ptr(), src.as_ptr(), rows, w, stride) }
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn copy_rows_impl(dst: *mut f32, src: *const f32, rows: usize, w: usize, stride: usize) {
+    unsafe fn copy_rows_impl(
+        dst: *mut f32,
+        dst_stride: usize,
+        src: *const f32,
+        src_stride: usize,
+        rows: usize,
+        w: usize,
+    ) {
         let (full, mask) = split(w);
         for r in 0..rows {
-            // SAFETY: the caller checked rows·w floats at dst and (rows−1)·stride + w at src;
-            // masked lanes are neither read nor written.
+            // SAFETY: the caller checked (rows−1)·stride + w floats at dst and at src; masked
+            // lanes are neither read nor written.
             unsafe {
-                let (d, s) = (dst.add(r * w), src.add(r * stride));
+                let (d, s) = (dst.add(r * dst_stride), src.add(r * src_stride));
                 for c in 0..full {
                     _mm512_storeu_ps(d.add(c * 16), _mm512_loadu_ps(s.add(c * 16)));
                 }
@@ -755,6 +773,23 @@ mod tests {
             close(&conv2d(&x, &w, &g).unwrap(), &y, "depthwise forward");
             close(&conv2d_backward_data(&dy, &w, &g).unwrap(), &dx, "depthwise backward data");
             close(&conv2d_backward_weight(&x, &dy, &g).unwrap(), &dw, "depthwise backward weight");
+        }
+    }
+
+    #[test]
+    fn row_copies_match_portable() {
+        // Widths below, at and across the 16-lane vector (masked tails), strided both ways.
+        for w in [1, 7, 16, 17, 33] {
+            let (rows, wide) = (3, w + 5);
+            let src: Vec<f32> = (0..rows * wide).map(|i| i as f32).collect();
+            let (mut a, mut b) = (vec![-1.0; rows * wide], vec![-1.0; rows * wide]);
+            row_copier()(&mut a, wide, &src, wide, rows, w);
+            copy_rows_portable(&mut b, wide, &src, wide, rows, w);
+            assert_eq!(a, b, "copy, width {w}");
+            let dense: Vec<f32> = (0..rows * w).map(|i| i as f32 * 0.5).collect();
+            row_adder()(&mut a, &dense, rows, w, wide);
+            add_rows_portable(&mut b, &dense, rows, w, wide);
+            assert_eq!(a, b, "add, width {w}");
         }
     }
 
