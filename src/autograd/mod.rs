@@ -40,27 +40,98 @@ impl Drop for NoGradGuard {
 
 /// What each primitive keeps for its backward rule.
 pub(crate) enum Op {
-    Unary { op: UnaryOp, x: Tensor },
-    Binary { op: BinaryOp, a: Tensor, b: Tensor },
-    Reshape { x: Tensor },
-    Permute { x: Tensor, perm: Vec<usize> },
-    Concat { parts: Vec<Tensor>, dim: usize },
-    Narrow { x: Tensor, dim: usize, start: usize },
-    Matmul { a: Tensor, b: Tensor, g: MatmulGeom },
-    Conv2d { x: Tensor, w: Tensor, g: Conv2dGeom },
-    Pool2d { kind: PoolKind, x: Tensor, g: Pool2dGeom },
-    AdaptiveAvgPool2d { x: Tensor, g: ResizeGeom },
-    Interpolate { mode: InterpMode, x: Tensor, g: ResizeGeom },
-    BatchNormTrain { x: Tensor, gamma: Tensor, beta: Tensor, mean: Storage, invstd: Storage, g: NormGeom },
-    LayerNorm { x: Tensor, gamma: Tensor, beta: Tensor, mean: Storage, invstd: Storage, g: NormGeom },
-    Softmax { x: Tensor, g: DimGeom, log: bool },
-    CrossEntropy { logits: Tensor, labels: Arc<[u32]> },
-    KlDiv { log_q: Tensor, p: Tensor },
+    Unary {
+        op: UnaryOp,
+        x: Tensor,
+    },
+    Binary {
+        op: BinaryOp,
+        a: Tensor,
+        b: Tensor,
+    },
+    Reshape {
+        x: Tensor,
+    },
+    Permute {
+        x: Tensor,
+        perm: Vec<usize>,
+    },
+    Concat {
+        parts: Vec<Tensor>,
+        dim: usize,
+    },
+    Narrow {
+        x: Tensor,
+        dim: usize,
+        start: usize,
+    },
+    Matmul {
+        a: Tensor,
+        b: Tensor,
+        g: MatmulGeom,
+    },
+    Conv2d {
+        x: Tensor,
+        w: Tensor,
+        g: Conv2dGeom,
+    },
+    Pool2d {
+        kind: PoolKind,
+        x: Tensor,
+        g: Pool2dGeom,
+    },
+    AdaptiveAvgPool2d {
+        x: Tensor,
+        g: ResizeGeom,
+    },
+    Interpolate {
+        mode: InterpMode,
+        x: Tensor,
+        g: ResizeGeom,
+    },
+    BatchNormTrain {
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        mean: Storage,
+        invstd: Storage,
+        g: NormGeom,
+    },
+    LayerNorm {
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        mean: Storage,
+        invstd: Storage,
+        g: NormGeom,
+    },
+    Softmax {
+        x: Tensor,
+        g: DimGeom,
+        log: bool,
+    },
+    CrossEntropy {
+        logits: Tensor,
+        labels: Arc<[u32]>,
+    },
+    KlDiv {
+        log_q: Tensor,
+        p: Tensor,
+    },
     /// Sum over one dim, keeping it with size 1.
-    Sum { x: Tensor },
+    Sum {
+        x: Tensor,
+    },
     /// Max over one dim, keeping it with size 1.
-    Max { x: Tensor, dim: usize },
-    Normalize { x: Tensor, dim: usize, eps: f32 },
+    Max {
+        x: Tensor,
+        dim: usize,
+    },
+    Normalize {
+        x: Tensor,
+        dim: usize,
+        eps: f32,
+    },
 }
 
 impl Op {
@@ -81,7 +152,9 @@ impl Op {
             Op::Binary { a, b, .. } | Op::Matmul { a, b, .. } => vec![a, b],
             Op::Conv2d { x, w, .. } => vec![x, w],
             Op::KlDiv { log_q, p } => vec![log_q, p],
-            Op::BatchNormTrain { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            Op::BatchNormTrain { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => {
+                vec![x, gamma, beta]
+            }
             Op::Concat { parts, .. } => parts.iter().collect(),
         }
     }
@@ -97,7 +170,15 @@ impl Grads {
     }
     /// The gradient of `t`, or an error naming it when `t` did not reach the loss.
     pub fn of(&self, t: &Tensor) -> Result<&Tensor> {
-        self.get(t).ok_or_else(|| Error::invalid("grad", format!("no gradient for tensor of shape {}: it does not reach the loss or does not require grad", t.shape())))
+        self.get(t).ok_or_else(|| {
+            Error::invalid(
+                "grad",
+                format!(
+                    "no gradient for tensor of shape {}: it does not reach the loss or does not require grad",
+                    t.shape()
+                ),
+            )
+        })
     }
     pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
         self.0.remove(&t.id())
@@ -124,7 +205,9 @@ pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
     grads.insert(root.id(), Tensor::ones(root.shape().clone(), root.device())?);
     for node in order.iter().rev() {
         let Some(op) = node.op() else { continue };
-        let Some(grad) = grads.get(&node.id()).cloned() else { continue };
+        let Some(grad) = grads.get(&node.id()).cloned() else {
+            continue;
+        };
         let input_grads = backward_rule(op, node, &grad)?;
         // Intermediate gradients are dropped once used; leaves keep theirs.
         grads.remove(&node.id());
@@ -232,40 +315,57 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
             vec![Some(Tensor::concat(&parts.iter().collect::<Vec<_>>(), *dim)?)]
         }
         Op::Matmul { a, b, g } => {
-            // C = op(A)·op(B). dA = dC·op(B)ᵀ (stored transposed when trans_a), dB = op(A)ᵀ·dC.
-            let (sa, sb) = (a.storage(), b.storage());
-            let da = if g.trans_a {
-                // A stored [k, m]: dA = op(B)·dCᵀ.
-                be.matmul(&sb, &dys, &MatmulGeom { batch: g.batch, m: g.k, k: g.n, n: g.m, trans_a: g.trans_b, trans_b: true, a_broadcast: g.b_broadcast, b_broadcast: false })?
-            } else {
-                be.matmul(&dys, &sb, &MatmulGeom { batch: g.batch, m: g.m, k: g.n, n: g.k, trans_a: false, trans_b: !g.trans_b, a_broadcast: false, b_broadcast: g.b_broadcast })?
-            };
-            let db = if g.trans_b {
-                // B stored [n, k]: dB = dCᵀ·op(A).
-                be.matmul(&dys, &sa, &MatmulGeom { batch: g.batch, m: g.n, k: g.m, n: g.k, trans_a: true, trans_b: g.trans_a, a_broadcast: false, b_broadcast: g.a_broadcast })?
-            } else {
-                be.matmul(&sa, &dys, &MatmulGeom { batch: g.batch, m: g.k, k: g.m, n: g.n, trans_a: !g.trans_a, trans_b: false, a_broadcast: g.a_broadcast, b_broadcast: false })?
+            // C = op(A)·op(B): dop(A) = dC·op(B)ᵀ and dop(B) = op(A)ᵀ·dC, each written in the
+            // storage orientation of its operand by choosing operand order and transpose flags.
+            let mm = |x: &Storage, y: &Storage, m, k, n, ta, tb, xb, yb| {
+                let geom =
+                    MatmulGeom { batch: g.batch, m, k, n, trans_a: ta, trans_b: tb, a_broadcast: xb, b_broadcast: yb };
+                be.matmul(x, y, &geom)
             };
             // A broadcast operand receives the sum over the batch.
-            let reduce_batch = |s: Storage, per: usize, broadcast: bool| -> Result<Storage> {
+            let batch_sum = |s: Storage, per: usize, broadcast: bool| -> Result<Storage> {
                 if broadcast && g.batch > 1 {
                     be.reduce_sum(&s, DimGeom { outer: 1, len: g.batch, inner: per })
                 } else {
                     Ok(s)
                 }
             };
-            let da = reduce_batch(da, g.m * g.k, g.a_broadcast)?;
-            let db = reduce_batch(db, g.k * g.n, g.b_broadcast)?;
-            vec![Some(wrap(da, a)), Some(wrap(db, b))]
+            let (sa, sb) = (a.storage(), b.storage());
+            let da = if !a.requires_grad() {
+                None
+            } else if g.trans_a {
+                // A stored [k, m]: dA = op(B)·dCᵀ.
+                Some(mm(&sb, &dys, g.k, g.n, g.m, g.trans_b, true, g.b_broadcast, false)?)
+            } else {
+                Some(mm(&dys, &sb, g.m, g.n, g.k, false, !g.trans_b, false, g.b_broadcast)?)
+            };
+            let db = if !b.requires_grad() {
+                None
+            } else if g.trans_b {
+                // B stored [n, k]: dB = dCᵀ·op(A).
+                Some(mm(&dys, &sa, g.n, g.m, g.k, true, g.trans_a, false, g.a_broadcast)?)
+            } else {
+                Some(mm(&sa, &dys, g.k, g.m, g.n, !g.trans_a, false, g.a_broadcast, false)?)
+            };
+            let da = da.map(|d| batch_sum(d, g.m * g.k, g.a_broadcast).map(|d| wrap(d, a))).transpose()?;
+            let db = db.map(|d| batch_sum(d, g.k * g.n, g.b_broadcast).map(|d| wrap(d, b))).transpose()?;
+            vec![da, db]
         }
         Op::Conv2d { x, w, g } => {
-            let dx = be.conv2d_backward_data(&dys, &w.storage(), g)?;
-            let dw = be.conv2d_backward_weight(&x.storage(), &dys, g)?;
-            vec![Some(wrap(dx, x)), Some(wrap(dw, w))]
+            // The network input takes no gradient: skip its (full-cost) backward-data pass.
+            let dx =
+                if x.requires_grad() { Some(wrap(be.conv2d_backward_data(&dys, &w.storage(), g)?, x)) } else { None };
+            let dw =
+                if w.requires_grad() { Some(wrap(be.conv2d_backward_weight(&x.storage(), &dys, g)?, w)) } else { None };
+            vec![dx, dw]
         }
         Op::Pool2d { kind, x, g } => vec![Some(wrap(be.pool2d_backward(*kind, &x.storage(), &dys, g)?, x))],
-        Op::AdaptiveAvgPool2d { x, g } => vec![Some(wrap(be.adaptive_avg_pool2d_backward(&dys, g)?, x))],
-        Op::Interpolate { mode, x, g } => vec![Some(wrap(be.interpolate_backward(*mode, &dys, g)?, x))],
+        Op::AdaptiveAvgPool2d { x, g } => {
+            vec![Some(wrap(be.adaptive_avg_pool2d_backward(&dys, g)?, x))]
+        }
+        Op::Interpolate { mode, x, g } => {
+            vec![Some(wrap(be.interpolate_backward(*mode, &dys, g)?, x))]
+        }
         Op::BatchNormTrain { x, gamma, beta, mean, invstd, g } => {
             let (dx, dg, db) = be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
             vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]

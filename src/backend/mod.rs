@@ -81,7 +81,10 @@ pub enum UnaryOp {
     Pow(f32),
     Abs,
     /// x·mul + add: scaling, negation and scalar shifts in one op.
-    Affine { mul: f32, add: f32 },
+    Affine {
+        mul: f32,
+        add: f32,
+    },
     /// max(x, lo); gradient flows where x > lo.
     ClampMin(f32),
 }
@@ -104,11 +107,7 @@ pub struct DimGeom {
 
 impl DimGeom {
     pub fn new(dims: &[usize], dim: usize) -> Self {
-        DimGeom {
-            outer: dims[..dim].iter().product(),
-            len: dims[dim],
-            inner: dims[dim + 1..].iter().product(),
-        }
+        DimGeom { outer: dims[..dim].iter().product(), len: dims[dim], inner: dims[dim + 1..].iter().product() }
     }
 }
 
@@ -161,7 +160,9 @@ impl Conv2dGeom {
 pub enum PoolKind {
     Max,
     /// Average; `count_include_pad` divides by the full window even where it covers padding.
-    Avg { count_include_pad: bool },
+    Avg {
+        count_include_pad: bool,
+    },
 }
 
 /// 2-D pooling window over x [n, c, h, w] -> [n, c, h_out, w_out] (floor mode).
@@ -234,7 +235,15 @@ pub trait Backend: Send + Sync {
     /// dx given x, y = op(x) and dy (each rule reads whichever of x and y is cheaper).
     fn unary_backward(&self, op: UnaryOp, x: &Storage, y: &Storage, dy: &Storage) -> Result<Storage>;
     /// Broadcasting binary op (numpy rules; shapes already padded to the same rank).
-    fn binary(&self, op: BinaryOp, a: &Storage, a_dims: &[usize], b: &Storage, b_dims: &[usize], out_dims: &[usize]) -> Result<Storage>;
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &Storage,
+        a_dims: &[usize],
+        b: &Storage,
+        b_dims: &[usize],
+        out_dims: &[usize],
+    ) -> Result<Storage>;
     /// Sum x over the dimensions where `to_dims` is 1 (the adjoint of broadcasting).
     fn sum_to(&self, x: &Storage, x_dims: &[usize], to_dims: &[usize]) -> Result<Storage>;
 
@@ -284,7 +293,13 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Storage, Storage, Storage)>;
     /// Layer norm over the last axis of x viewed as [rows, cols] (g.n = rows, g.c = cols):
     /// returns (y, mean, invstd) per row.
-    fn layer_norm(&self, x: &Storage, gamma: &Storage, beta: &Storage, g: &NormGeom) -> Result<(Storage, Storage, Storage)>;
+    fn layer_norm(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)>;
     fn layer_norm_backward(
         &self,
         x: &Storage,
@@ -300,11 +315,19 @@ pub trait Backend: Send + Sync {
     fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool) -> Result<Storage>;
     /// Mean cross-entropy of logits [rows, classes] against labels; returns a 1-element storage.
     fn cross_entropy(&self, logits: &Storage, labels: &[u32], rows: usize, classes: usize) -> Result<Storage>;
-    fn cross_entropy_backward(&self, logits: &Storage, labels: &[u32], dloss: &Storage, rows: usize, classes: usize) -> Result<Storage>;
+    fn cross_entropy_backward(
+        &self,
+        logits: &Storage,
+        labels: &[u32],
+        dloss: &Storage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<Storage>;
     /// KL(p || q) with q given as log-probabilities, summed and divided by rows (`batchmean`).
     fn kl_div(&self, log_q: &Storage, p: &Storage, rows: usize) -> Result<Storage>;
     /// (d log_q, d p).
-    fn kl_div_backward(&self, log_q: &Storage, p: &Storage, dloss: &Storage, rows: usize) -> Result<(Storage, Storage)>;
+    fn kl_div_backward(&self, log_q: &Storage, p: &Storage, dloss: &Storage, rows: usize)
+        -> Result<(Storage, Storage)>;
     fn reduce_sum(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
     fn reduce_max(&self, x: &Storage, g: DimGeom) -> Result<Storage>;
     /// Routes dy to the first maximum along the axis, found from x.

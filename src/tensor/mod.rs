@@ -49,9 +49,10 @@ pub(crate) struct TensorInner {
     id: TensorId,
     shape: Shape,
     device: Device,
-    // RwLock so parameters and running statistics can be updated in place by the optimiser and
-    // by train-mode batchnorm while the tensor is shared with the module that owns it.
-    storage: RwLock<Storage>,
+    // Shared so reshape and detach are free views of the same memory (as in PyTorch); RwLock so
+    // parameters and running statistics can be updated in place by the optimiser and by
+    // train-mode batchnorm while the module that owns them holds the same tensor.
+    storage: Arc<RwLock<Storage>>,
     /// The op that produced this tensor, kept only while gradients are tracked.
     op: Option<Op>,
     requires_grad: bool,
@@ -70,31 +71,32 @@ impl Tensor {
     // ---------------------------------------------------------------- construction
 
     pub(crate) fn from_storage(storage: Storage, shape: impl Into<Shape>) -> Tensor {
-        let shape = shape.into();
-        debug_assert_eq!(storage.len(), shape.numel(), "storage/shape length for {shape}");
-        Tensor(Arc::new(TensorInner {
-            id: TensorId::fresh(),
-            device: storage.device(),
-            shape,
-            storage: RwLock::new(storage),
-            op: None,
-            requires_grad: false,
-        }))
+        Tensor::new_inner(Arc::new(RwLock::new(storage)), shape.into(), None, false)
+    }
+
+    fn new_inner(storage: Arc<RwLock<Storage>>, shape: Shape, op: Option<Op>, requires_grad: bool) -> Tensor {
+        let device = {
+            let s = storage.read().expect("tensor storage lock poisoned");
+            debug_assert_eq!(s.len(), shape.numel(), "storage/shape length for {shape}");
+            s.device()
+        };
+        Tensor(Arc::new(TensorInner { id: TensorId::fresh(), shape, device, storage, op, requires_grad }))
     }
 
     /// The result of an op: records `op` when any input tracks gradients and recording is on.
     pub(crate) fn from_op(storage: Storage, shape: impl Into<Shape>, op: Op) -> Tensor {
+        Tensor::from_op_shared(Arc::new(RwLock::new(storage)), shape.into(), op)
+    }
+
+    /// Like `from_op`, for results that view an input's memory (reshape).
+    pub(crate) fn from_op_shared(storage: Arc<RwLock<Storage>>, shape: Shape, op: Op) -> Tensor {
         let track = autograd::is_recording() && op.inputs().iter().any(|t| t.requires_grad());
-        let shape = shape.into();
-        debug_assert_eq!(storage.len(), shape.numel(), "storage/shape length for {shape}");
-        Tensor(Arc::new(TensorInner {
-            id: TensorId::fresh(),
-            device: storage.device(),
-            shape,
-            storage: RwLock::new(storage),
-            op: if track { Some(op) } else { None },
-            requires_grad: track,
-        }))
+        Tensor::new_inner(storage, shape, if track { Some(op) } else { None }, track)
+    }
+
+    /// The shared memory handle (for views).
+    pub(crate) fn storage_arc(&self) -> Arc<RwLock<Storage>> {
+        self.0.storage.clone()
     }
 
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
@@ -145,24 +147,22 @@ impl Tensor {
         Tensor::from_slice(&data, shape, device)
     }
 
-    /// A leaf that gradients are computed for (a parameter or an input of interest).
+    /// A leaf that gradients are computed for (a parameter or an input of interest), sharing
+    /// this tensor's memory.
     pub fn requires_grad_(self) -> Tensor {
         if self.requires_grad() && self.0.op.is_none() {
             return self;
         }
-        let storage = self.storage().clone();
-        Tensor(Arc::new(TensorInner {
-            id: TensorId::fresh(),
-            device: self.device(),
-            shape: self.shape().clone(),
-            storage: RwLock::new(storage),
-            op: None,
-            requires_grad: true,
-        }))
+        Tensor::new_inner(self.storage_arc(), self.shape().clone(), None, true)
     }
 
-    /// The same values, cut from the graph (a new leaf that tracks nothing).
+    /// The same memory, cut from the graph (a leaf that tracks nothing), like `x.detach()`.
     pub fn detach(&self) -> Tensor {
+        Tensor::new_inner(self.storage_arc(), self.shape().clone(), None, false)
+    }
+
+    /// A copy with its own memory (like `x.clone()` in PyTorch), cut from the graph.
+    pub fn deep_clone(&self) -> Tensor {
         Tensor::from_storage(self.storage().clone(), self.shape().clone())
     }
 
@@ -211,7 +211,10 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("item", format!("tensor of shape {} has {} elements, not 1", self.shape(), self.numel())));
+            return Err(Error::shape(
+                "item",
+                format!("tensor of shape {} has {} elements, not 1", self.shape(), self.numel()),
+            ));
         }
         Ok(self.to_vec()?[0])
     }
@@ -219,7 +222,10 @@ impl Tensor {
     /// Overwrite the values in place (same shape), e.g. when loading weights.
     pub fn copy_from_slice(&self, data: &[f32]) -> Result<()> {
         if data.len() != self.numel() {
-            return Err(Error::shape("copy_from_slice", format!("{} values for tensor of shape {}", data.len(), self.shape())));
+            return Err(Error::shape(
+                "copy_from_slice",
+                format!("{} values for tensor of shape {}", data.len(), self.shape()),
+            ));
         }
         *self.storage_mut() = self.backend().from_host(data)?;
         Ok(())

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use super::{Shape, Tensor};
 use crate::autograd::Op;
 use crate::backend::{
-    same_device, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, UnaryOp,
+    same_device, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
+    UnaryOp,
 };
 use crate::error::Result;
 use crate::{invalid_err, shape_err};
@@ -101,7 +102,14 @@ impl Tensor {
         same_device(name, self.device(), other.device())?;
         let out = Shape::broadcast(name, self.shape(), other.shape())?;
         let r = out.rank();
-        let s = self.backend().binary(op, &self.storage(), &self.shape().padded(r), &other.storage(), &other.shape().padded(r), out.dims())?;
+        let s = self.backend().binary(
+            op,
+            &self.storage(),
+            &self.shape().padded(r),
+            &other.storage(),
+            &other.shape().padded(r),
+            out.dims(),
+        )?;
         Ok(Tensor::from_op(s, out, Op::Binary { op, a: self.clone(), b: other.clone() }))
     }
     pub fn add(&self, o: &Tensor) -> Result<Tensor> {
@@ -156,14 +164,20 @@ impl Tensor {
 
     // ================================================================ layout
 
-    /// Same data, new shape (element count must match); one dim may be given as `usize::MAX`
-    /// to be inferred... kept explicit: shapes are always given in full.
+    /// Same memory, new shape (element count must match); a free view.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
-            shape_err!("reshape", "cannot reshape {} ({} elements) to {} ({} elements)", self.shape(), self.numel(), shape, shape.numel());
+            shape_err!(
+                "reshape",
+                "cannot reshape {} ({} elements) to {} ({} elements)",
+                self.shape(),
+                self.numel(),
+                shape,
+                shape.numel()
+            );
         }
-        Ok(Tensor::from_op(self.storage().clone(), shape, Op::Reshape { x: self.clone() }))
+        Ok(Tensor::from_op_shared(self.storage_arc(), shape, Op::Reshape { x: self.clone() }))
     }
 
     /// Collapse dims [start..] into one.
@@ -204,7 +218,8 @@ impl Tensor {
         }
         for p in parts {
             same_device("concat", first.device(), p.device())?;
-            let ok = p.rank() == first.rank() && p.dims().iter().zip(first.dims()).enumerate().all(|(i, (a, b))| i == dim || a == b);
+            let ok = p.rank() == first.rank()
+                && p.dims().iter().zip(first.dims()).enumerate().all(|(i, (a, b))| i == dim || a == b);
             if !ok {
                 shape_err!("concat", "shapes {} and {} differ outside dim {dim}", first.shape(), p.shape());
             }
@@ -222,7 +237,12 @@ impl Tensor {
 
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         if dim >= self.rank() || start + len > self.dims()[dim] {
-            invalid_err!("narrow", "range {start}..{} of dim {dim} out of bounds for shape {}", start + len, self.shape());
+            invalid_err!(
+                "narrow",
+                "range {start}..{} of dim {dim} out of bounds for shape {}",
+                start + len,
+                self.shape()
+            );
         }
         let s = self.backend().narrow(&self.storage(), DimGeom::new(self.dims(), dim), start, len)?;
         let mut out = self.dims().to_vec();
@@ -271,7 +291,12 @@ impl Tensor {
         let (m, ka) = if trans_a { (ad[ar - 1], ad[ar - 2]) } else { (ad[ar - 2], ad[ar - 1]) };
         let (kb, n) = if trans_b { (bd[br - 1], bd[br - 2]) } else { (bd[br - 2], bd[br - 1]) };
         if ka != kb {
-            shape_err!("matmul", "inner dims differ: {} (trans {trans_a}) · {} (trans {trans_b})", self.shape(), other.shape());
+            shape_err!(
+                "matmul",
+                "inner dims differ: {} (trans {trans_a}) · {} (trans {trans_b})",
+                self.shape(),
+                other.shape()
+            );
         }
         let (a_lead, b_lead) = (&ad[..ar - 2], &bd[..br - 2]);
         let (a_batch, b_batch): (usize, usize) = (a_lead.iter().product(), b_lead.iter().product());
@@ -283,7 +308,16 @@ impl Tensor {
             shape_err!("matmul", "batch dims of {} and {} neither match nor broadcast", self.shape(), other.shape());
         };
         let batch: usize = lead.iter().product();
-        let g = MatmulGeom { batch, m, k: ka, n, trans_a, trans_b, a_broadcast: a_batch != batch, b_broadcast: b_batch != batch };
+        let g = MatmulGeom {
+            batch,
+            m,
+            k: ka,
+            n,
+            trans_a,
+            trans_b,
+            a_broadcast: a_batch != batch,
+            b_broadcast: b_batch != batch,
+        };
         let s = self.backend().matmul(&self.storage(), &other.storage(), &g)?;
         let mut out = lead;
         out.extend([m, n]);
@@ -328,7 +362,13 @@ impl Tensor {
         Ok(Tensor::from_op(s, [g.n, g.c_out, g.h_out, g.w_out], Op::Conv2d { x: self.clone(), w: w.clone(), g }))
     }
 
-    pub fn pool2d(&self, kind: PoolKind, kernel: (usize, usize), stride: (usize, usize), pad: (usize, usize)) -> Result<Tensor> {
+    pub fn pool2d(
+        &self,
+        kind: PoolKind,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+    ) -> Result<Tensor> {
         expect_rank("pool2d", self, 4, "input [n, c, h, w]")?;
         if pad.0 * 2 > kernel.0 || pad.1 * 2 > kernel.1 {
             invalid_err!("pool2d", "padding {pad:?} must be at most half the kernel {kernel:?}");
@@ -382,14 +422,28 @@ impl Tensor {
         same_device(op, x.device(), gamma.device())?;
         same_device(op, x.device(), beta.device())?;
         if gamma.numel() != c || beta.numel() != c {
-            shape_err!(op, "weight {} and bias {} must have {c} elements for input {}", gamma.shape(), beta.shape(), x.shape());
+            shape_err!(
+                op,
+                "weight {} and bias {} must have {c} elements for input {}",
+                gamma.shape(),
+                beta.shape(),
+                x.shape()
+            );
         }
         Ok(())
     }
 
     /// Train-mode batchnorm over dim 1 of [n, c, ...]: normalises with batch statistics and
     /// updates `running_mean` / `running_var` in place (momentum, unbiased variance).
-    pub fn batch_norm_train(&self, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, momentum: f32, eps: f32) -> Result<Tensor> {
+    pub fn batch_norm_train(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<Tensor> {
         if self.rank() < 2 {
             shape_err!("batch_norm", "input needs shape [n, c, ...], got {}", self.shape());
         }
@@ -405,12 +459,23 @@ impl Tensor {
             let mut rv = running_var.storage_mut();
             self.backend().batch_norm_train(&self.storage(), &gamma.storage(), &beta.storage(), &mut rm, &mut rv, &g)?
         };
-        Ok(Tensor::from_op(y, self.shape().clone(), Op::BatchNormTrain { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, g }))
+        Ok(Tensor::from_op(
+            y,
+            self.shape().clone(),
+            Op::BatchNormTrain { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, g },
+        ))
     }
 
     /// Eval-mode batchnorm with running statistics: a per-channel affine, composed of
     /// differentiable ops so gradients reach x, weight and bias.
-    pub fn batch_norm_eval(&self, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f32) -> Result<Tensor> {
+    pub fn batch_norm_eval(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
         if self.rank() < 2 {
             shape_err!("batch_norm", "input needs shape [n, c, ...], got {}", self.shape());
         }
@@ -426,11 +491,17 @@ impl Tensor {
 
     /// Layer norm over the last dim.
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-        let Some(&cols) = self.dims().last() else { shape_err!("layer_norm", "input must have rank >= 1, got a scalar") };
+        let Some(&cols) = self.dims().last() else {
+            shape_err!("layer_norm", "input must have rank >= 1, got a scalar")
+        };
         Tensor::check_affine("layer_norm", self, gamma, beta, cols)?;
         let g = NormGeom { n: self.numel() / cols.max(1), c: cols, hw: 1, eps, momentum: 0.0 };
         let (y, mean, invstd) = self.backend().layer_norm(&self.storage(), &gamma.storage(), &beta.storage(), &g)?;
-        Ok(Tensor::from_op(y, self.shape().clone(), Op::LayerNorm { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, g }))
+        Ok(Tensor::from_op(
+            y,
+            self.shape().clone(),
+            Op::LayerNorm { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, g },
+        ))
     }
 
     // ================================================================ softmax family, losses
@@ -459,7 +530,11 @@ impl Tensor {
             invalid_err!("cross_entropy", "label {bad} out of range for {classes} classes");
         }
         let s = self.backend().cross_entropy(&self.storage(), labels, rows, classes)?;
-        Ok(Tensor::from_op(s, Shape::from(vec![]), Op::CrossEntropy { logits: self.clone(), labels: Arc::from(labels) }))
+        Ok(Tensor::from_op(
+            s,
+            Shape::from(vec![]),
+            Op::CrossEntropy { logits: self.clone(), labels: Arc::from(labels) },
+        ))
     }
 
     /// `F.kl_div(self, target, reduction="batchmean")`: self holds log-probabilities q, target
@@ -467,7 +542,12 @@ impl Tensor {
     pub fn kl_div(&self, target: &Tensor) -> Result<Tensor> {
         same_device("kl_div", self.device(), target.device())?;
         if self.shape() != target.shape() || self.rank() < 1 {
-            shape_err!("kl_div", "log-probabilities {} and target {} must have one shape [rows, ...]", self.shape(), target.shape());
+            shape_err!(
+                "kl_div",
+                "log-probabilities {} and target {} must have one shape [rows, ...]",
+                self.shape(),
+                target.shape()
+            );
         }
         let s = self.backend().kl_div(&self.storage(), &target.storage(), self.dims()[0])?;
         Ok(Tensor::from_op(s, Shape::from(vec![]), Op::KlDiv { log_q: self.clone(), p: target.clone() }))
@@ -482,12 +562,17 @@ impl Tensor {
         let mut out = self.dims().to_vec();
         out[d] = 1;
         let t = Tensor::from_op(s, out, Op::Sum { x: self.clone() });
-        if keepdim { Ok(t) } else { t.squeeze_dim(d) }
+        if keepdim {
+            Ok(t)
+        } else {
+            t.squeeze_dim(d)
+        }
     }
 
     /// Sum over several dims.
     pub fn sum_dims(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
-        let mut resolved: Vec<usize> = dims.iter().map(|&d| self.shape().resolve_dim("sum", d)).collect::<Result<_>>()?;
+        let mut resolved: Vec<usize> =
+            dims.iter().map(|&d| self.shape().resolve_dim("sum", d)).collect::<Result<_>>()?;
         resolved.sort_unstable();
         resolved.dedup();
         let mut t = self.clone();
@@ -497,7 +582,8 @@ impl Tensor {
         if keepdim {
             return Ok(t);
         }
-        let out: Vec<usize> = t.dims().iter().enumerate().filter(|(i, _)| !resolved.contains(i)).map(|(_, &v)| v).collect();
+        let out: Vec<usize> =
+            t.dims().iter().enumerate().filter(|(i, _)| !resolved.contains(i)).map(|(_, &v)| v).collect();
         t.reshape(out)
     }
 
@@ -543,7 +629,11 @@ impl Tensor {
         let mut out = self.dims().to_vec();
         out[d] = 1;
         let t = Tensor::from_op(s, out, Op::Max { x: self.clone(), dim: d });
-        if keepdim { Ok(t) } else { t.squeeze_dim(d) }
+        if keepdim {
+            Ok(t)
+        } else {
+            t.squeeze_dim(d)
+        }
     }
 
     /// `F.normalize(x, p=2, dim, eps=1e-12)`.
@@ -565,7 +655,12 @@ impl Tensor {
         let cols = self.dims()[1];
         let v = self.to_vec()?;
         Ok(v.chunks(cols.max(1))
-            .map(|r| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0)
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+                    .0
+            })
             .collect())
     }
 }

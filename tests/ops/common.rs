@@ -91,7 +91,11 @@ pub fn check_op(
         .iter()
         .map(|i| {
             let t = Tensor::from_slice(&i.values, i.shape.clone(), dev).unwrap();
-            if i.grad { t.requires_grad_() } else { t }
+            if i.grad {
+                t.requires_grad_()
+            } else {
+                t
+            }
         })
         .collect();
     let y = ours(&tensors).unwrap_or_else(|e| panic!("{what}: forward failed: {e}"));
@@ -132,7 +136,13 @@ pub fn check_op(
             got.push(g[j]);
             want.push((lp - lm) / (2.0 * h));
         }
-        assert_close(&got, &want, tol.grad_rtol, tol.grad_atol, &format!("{what} gradient of input {k} (sampled elements {idx:?})"));
+        assert_close(
+            &got,
+            &want,
+            tol.grad_rtol,
+            tol.grad_atol,
+            &format!("{what} gradient of input {k} (sampled elements {idx:?})"),
+        );
     }
 }
 

@@ -19,7 +19,11 @@ fn map_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
 
 fn softplus(x: f32) -> f32 {
     // log(1+e^x) without overflow; PyTorch switches to x above 20 as well.
-    if x > 20.0 { x } else { x.exp().ln_1p() }
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -33,7 +37,13 @@ fn unary_one(op: UnaryOp, x: f32) -> f32 {
     match op {
         UnaryOp::Relu => x.max(0.0),
         UnaryOp::Relu6 => x.clamp(0.0, 6.0),
-        UnaryOp::LeakyRelu(s) => if x > 0.0 { x } else { s * x },
+        UnaryOp::LeakyRelu(s) => {
+            if x > 0.0 {
+                x
+            } else {
+                s * x
+            }
+        }
         UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erff(x * INV_SQRT2)),
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
@@ -42,7 +52,11 @@ fn unary_one(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Log => x.ln(),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Pow(p) => {
-            if p == 2.0 { x * x } else { x.powf(p) }
+            if p == 2.0 {
+                x * x
+            } else {
+                x.powf(p)
+            }
         }
         UnaryOp::Abs => x.abs(),
         UnaryOp::Affine { mul, add } => x * mul + add,
@@ -56,7 +70,13 @@ fn unary_grad(op: UnaryOp, x: f32, y: f32) -> f32 {
     match op {
         UnaryOp::Relu => (x > 0.0) as u32 as f32,
         UnaryOp::Relu6 => (x > 0.0 && x < 6.0) as u32 as f32,
-        UnaryOp::LeakyRelu(s) => if x > 0.0 { 1.0 } else { s },
+        UnaryOp::LeakyRelu(s) => {
+            if x > 0.0 {
+                1.0
+            } else {
+                s
+            }
+        }
         UnaryOp::Gelu => {
             let cdf = 0.5 * (1.0 + libm::erff(x * INV_SQRT2));
             let pdf = (-0.5 * x * x).exp() * (INV_SQRT2 * std::f32::consts::FRAC_2_SQRT_PI * 0.5);
@@ -72,10 +92,20 @@ fn unary_grad(op: UnaryOp, x: f32, y: f32) -> f32 {
         UnaryOp::Log => 1.0 / x,
         UnaryOp::Sqrt => 0.5 / y,
         UnaryOp::Pow(p) => {
-            if p == 2.0 { 2.0 * x } else { p * x.powf(p - 1.0) }
+            if p == 2.0 {
+                2.0 * x
+            } else {
+                p * x.powf(p - 1.0)
+            }
         }
         UnaryOp::Abs => {
-            if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
         }
         UnaryOp::Affine { mul, .. } => mul,
         UnaryOp::ClampMin(lo) => (x > lo) as u32 as f32,
@@ -192,7 +222,11 @@ pub fn sgd_step(param: &mut [f32], grad: &[f32], buf: &mut [f32], s: &SgdStep) {
             let step = if s.momentum != 0.0 {
                 let mi = if s.first_step { gi } else { s.momentum * m[i] + gi };
                 m[i] = mi;
-                if s.nesterov { gi + s.momentum * mi } else { mi }
+                if s.nesterov {
+                    gi + s.momentum * mi
+                } else {
+                    mi
+                }
             } else {
                 gi
             };

@@ -12,8 +12,8 @@ pub mod pool;
 pub mod reduce;
 
 use super::{
-    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, SgdStep,
-    Storage, UnaryOp,
+    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
+    SgdStep, Storage, UnaryOp,
 };
 use crate::error::Result;
 
@@ -54,7 +54,15 @@ impl Backend for CpuBackend {
     fn unary_backward(&self, op: UnaryOp, x: &Storage, y: &Storage, dy: &Storage) -> Result<Storage> {
         Ok(cpu(elementwise::unary_backward(op, x.as_cpu()?, y.as_cpu()?, dy.as_cpu()?)))
     }
-    fn binary(&self, op: BinaryOp, a: &Storage, a_dims: &[usize], b: &Storage, b_dims: &[usize], out_dims: &[usize]) -> Result<Storage> {
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &Storage,
+        a_dims: &[usize],
+        b: &Storage,
+        b_dims: &[usize],
+        out_dims: &[usize],
+    ) -> Result<Storage> {
         Ok(cpu(elementwise::binary(op, a.as_cpu()?, a_dims, b.as_cpu()?, b_dims, out_dims)))
     }
     fn sum_to(&self, x: &Storage, x_dims: &[usize], to_dims: &[usize]) -> Result<Storage> {
@@ -113,7 +121,14 @@ impl Backend for CpuBackend {
         running_var: &mut Storage,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        let r = norm::batch_norm_train(x.as_cpu()?, gamma.as_cpu()?, beta.as_cpu()?, running_mean.as_cpu_mut()?, running_var.as_cpu_mut()?, g)?;
+        let r = norm::batch_norm_train(
+            x.as_cpu()?,
+            gamma.as_cpu()?,
+            beta.as_cpu()?,
+            running_mean.as_cpu_mut()?,
+            running_var.as_cpu_mut()?,
+            g,
+        )?;
         Ok(triple(r))
     }
     fn batch_norm_backward(
@@ -125,9 +140,22 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        Ok(triple(norm::batch_norm_backward(x.as_cpu()?, dy.as_cpu()?, gamma.as_cpu()?, mean.as_cpu()?, invstd.as_cpu()?, g)?))
+        Ok(triple(norm::batch_norm_backward(
+            x.as_cpu()?,
+            dy.as_cpu()?,
+            gamma.as_cpu()?,
+            mean.as_cpu()?,
+            invstd.as_cpu()?,
+            g,
+        )?))
     }
-    fn layer_norm(&self, x: &Storage, gamma: &Storage, beta: &Storage, g: &NormGeom) -> Result<(Storage, Storage, Storage)> {
+    fn layer_norm(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)> {
         Ok(triple(norm::layer_norm(x.as_cpu()?, gamma.as_cpu()?, beta.as_cpu()?, g)?))
     }
     fn layer_norm_backward(
@@ -139,7 +167,14 @@ impl Backend for CpuBackend {
         invstd: &Storage,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        Ok(triple(norm::layer_norm_backward(x.as_cpu()?, dy.as_cpu()?, gamma.as_cpu()?, mean.as_cpu()?, invstd.as_cpu()?, g)?))
+        Ok(triple(norm::layer_norm_backward(
+            x.as_cpu()?,
+            dy.as_cpu()?,
+            gamma.as_cpu()?,
+            mean.as_cpu()?,
+            invstd.as_cpu()?,
+            g,
+        )?))
     }
 
     fn softmax(&self, x: &Storage, g: DimGeom, log: bool) -> Result<Storage> {
@@ -151,13 +186,26 @@ impl Backend for CpuBackend {
     fn cross_entropy(&self, logits: &Storage, labels: &[u32], rows: usize, classes: usize) -> Result<Storage> {
         Ok(cpu(vec![reduce::cross_entropy(logits.as_cpu()?, labels, rows, classes)]))
     }
-    fn cross_entropy_backward(&self, logits: &Storage, labels: &[u32], dloss: &Storage, rows: usize, classes: usize) -> Result<Storage> {
+    fn cross_entropy_backward(
+        &self,
+        logits: &Storage,
+        labels: &[u32],
+        dloss: &Storage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<Storage> {
         Ok(cpu(reduce::cross_entropy_backward(logits.as_cpu()?, labels, dloss.as_cpu()?[0], rows, classes)))
     }
     fn kl_div(&self, log_q: &Storage, p: &Storage, rows: usize) -> Result<Storage> {
         Ok(cpu(vec![reduce::kl_div(log_q.as_cpu()?, p.as_cpu()?, rows)]))
     }
-    fn kl_div_backward(&self, log_q: &Storage, p: &Storage, dloss: &Storage, rows: usize) -> Result<(Storage, Storage)> {
+    fn kl_div_backward(
+        &self,
+        log_q: &Storage,
+        p: &Storage,
+        dloss: &Storage,
+        rows: usize,
+    ) -> Result<(Storage, Storage)> {
         let (dq, dp) = reduce::kl_div_backward(log_q.as_cpu()?, p.as_cpu()?, dloss.as_cpu()?[0], rows);
         Ok((cpu(dq), cpu(dp)))
     }

@@ -189,11 +189,8 @@ pub fn cross_entropy_backward(logits: &[f32], labels: &[u32], dloss: f32, rows: 
 
 /// Σ p·(log p − log q) / rows, with 0·log 0 = 0 (PyTorch's `xlogy` convention).
 pub fn kl_div(log_q: &[f32], p: &[f32], rows: usize) -> f32 {
-    let total: f64 = log_q
-        .iter()
-        .zip(p)
-        .map(|(&lq, &p)| if p > 0.0 { p as f64 * ((p as f64).ln() - lq as f64) } else { 0.0 })
-        .sum();
+    let total: f64 =
+        log_q.iter().zip(p).map(|(&lq, &p)| if p > 0.0 { p as f64 * ((p as f64).ln() - lq as f64) } else { 0.0 }).sum();
     (total / rows as f64) as f32
 }
 
