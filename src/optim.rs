@@ -9,6 +9,11 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::{invalid_err, shape_err};
 
+/// False for negatives and NaN.
+fn non_negative(v: f32) -> bool {
+    v >= 0.0
+}
+
 /// SGD with momentum, weight decay and optional Nesterov momentum. Momentum buffers are keyed by
 /// parameter name (the names of `Module::named_parameters`), which is also how they are
 /// exported for checkpoints.
@@ -25,7 +30,7 @@ impl Sgd {
     /// Rejects what PyTorch rejects: negative lr / momentum / weight decay, and Nesterov
     /// without momentum.
     pub fn new(lr: f32, momentum: f32, weight_decay: f32, nesterov: bool) -> Result<Sgd> {
-        if !(lr >= 0.0) || !(momentum >= 0.0) || !(weight_decay >= 0.0) {
+        if [lr, momentum, weight_decay].iter().any(|v| !non_negative(*v)) {
             invalid_err!("Sgd", "lr {lr}, momentum {momentum} and weight_decay {weight_decay} must be non-negative");
         }
         if nesterov && momentum == 0.0 {
@@ -40,7 +45,7 @@ impl Sgd {
 
     /// For schedules: takes effect at the next `step`.
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
-        if !(lr >= 0.0) {
+        if !non_negative(lr) {
             invalid_err!("Sgd", "lr {lr} must be non-negative");
         }
         self.lr = lr;
@@ -68,7 +73,14 @@ impl Sgd {
             same_device("Sgd::step", p.device(), g.device())?;
             if let Some(buf) = self.buffers.get(name) {
                 if buf.dims() != p.dims() || buf.device() != p.device() {
-                    shape_err!("Sgd::step", "momentum buffer {} ({}) does not fit parameter {name} {} ({})", buf.shape(), buf.device(), p.shape(), p.device());
+                    shape_err!(
+                        "Sgd::step",
+                        "momentum buffer {} ({}) does not fit parameter {name} {} ({})",
+                        buf.shape(),
+                        buf.device(),
+                        p.shape(),
+                        p.device()
+                    );
                 }
             }
             work.push((name, p, g));
@@ -80,7 +92,13 @@ impl Sgd {
                 Some(b) => b.clone(),
                 None => Tensor::zeros(p.shape().clone(), p.device())?,
             };
-            let step = SgdStep { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay, nesterov: self.nesterov, first_step };
+            let step = SgdStep {
+                lr: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                nesterov: self.nesterov,
+                first_step,
+            };
             {
                 let mut ps = p.storage_mut();
                 let gs = g.storage();
@@ -97,16 +115,16 @@ impl Sgd {
     }
 
     /// Momentum buffers by parameter name (`momentum_buffer` of PyTorch's optimiser state), as
-    /// detached copies for checkpoints.
+    /// copies with their own memory (later steps do not change a saved state).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.buffers.iter().map(|(n, b)| (n.clone(), b.detach())).collect()
+        self.buffers.iter().map(|(n, b)| (n.clone(), b.deep_clone())).collect()
     }
 
     /// Restores buffers saved by `state`; a parameter without an entry starts fresh (first step).
     pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let mut buffers = BTreeMap::new();
         for (name, t) in state {
-            if buffers.insert(name.clone(), t.detach()).is_some() {
+            if buffers.insert(name.clone(), t.deep_clone()).is_some() {
                 return Err(Error::invalid("Sgd::load_state", format!("momentum buffer {name} appears twice")));
             }
         }

@@ -24,8 +24,14 @@ pub struct MultiHeadSelfAttention {
 
 impl MultiHeadSelfAttention {
     /// timm's `Attention(dim, num_heads, qkv_bias)`; Linears get PyTorch's default init.
-    pub fn new(dim: usize, heads: usize, qkv_bias: bool, rng: &mut Rng, device: Device) -> Result<MultiHeadSelfAttention> {
-        if heads == 0 || dim == 0 || dim % heads != 0 {
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        qkv_bias: bool,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<MultiHeadSelfAttention> {
+        if heads == 0 || dim == 0 || !dim.is_multiple_of(heads) {
             invalid_err!("MultiHeadSelfAttention", "dim {dim} must be a positive multiple of heads {heads}");
         }
         let head_dim = dim / heads;

@@ -46,7 +46,7 @@ pub fn constant_(t: &Tensor, value: f32) -> Result<()> {
 
 /// U(lo, hi).
 pub fn uniform_(t: &Tensor, lo: f32, hi: f32, rng: &mut Rng) -> Result<()> {
-    if !(lo <= hi) {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
         invalid_err!("init", "uniform bounds {lo} > {hi}");
     }
     fill_with(t, || rng.uniform(lo, hi))
@@ -54,7 +54,7 @@ pub fn uniform_(t: &Tensor, lo: f32, hi: f32, rng: &mut Rng) -> Result<()> {
 
 /// N(mean, std²).
 pub fn normal_(t: &Tensor, mean: f32, std: f32, rng: &mut Rng) -> Result<()> {
-    if !(std >= 0.0) {
+    if std.is_nan() || std < 0.0 {
         invalid_err!("init", "normal std {std} must be non-negative");
     }
     fill_with(t, || mean + std * rng.normal())
@@ -63,7 +63,14 @@ pub fn normal_(t: &Tensor, mean: f32, std: f32, rng: &mut Rng) -> Result<()> {
 /// N(mean, std²) restricted to [lo, hi] by rejection (timm's `trunc_normal_`; bounds are
 /// absolute values, as in timm).
 pub fn trunc_normal_(t: &Tensor, mean: f32, std: f32, lo: f32, hi: f32, rng: &mut Rng) -> Result<()> {
-    if !(std > 0.0) || !(lo < hi) || mean + 6.0 * std < lo || mean - 6.0 * std > hi {
+    if std.is_nan()
+        || std <= 0.0
+        || lo.is_nan()
+        || hi.is_nan()
+        || lo >= hi
+        || mean + 6.0 * std < lo
+        || mean - 6.0 * std > hi
+    {
         invalid_err!("init", "truncated normal N({mean}, {std}²) on [{lo}, {hi}] is empty or degenerate");
     }
     fill_with(t, || loop {

@@ -64,7 +64,14 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A square-kernel convolution with PyTorch's default initialisation.
-    pub fn new(in_channels: usize, out_channels: usize, kernel: usize, config: Conv2dConfig, rng: &mut Rng, device: Device) -> Result<Conv2d> {
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        config: Conv2dConfig,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<Conv2d> {
         Conv2d::new_hw(in_channels, out_channels, (kernel, kernel), config, rng, device)
     }
 
@@ -80,7 +87,7 @@ impl Conv2d {
         if in_channels == 0 || out_channels == 0 || kernel.0 == 0 || kernel.1 == 0 {
             invalid_err!("Conv2d", "channels {in_channels}->{out_channels} and kernel {kernel:?} must be positive");
         }
-        if g == 0 || in_channels % g != 0 || out_channels % g != 0 {
+        if g == 0 || !in_channels.is_multiple_of(g) || !out_channels.is_multiple_of(g) {
             invalid_err!("Conv2d", "groups={g} must divide in_channels={in_channels} and out_channels={out_channels}");
         }
         if config.stride.0 == 0 || config.stride.1 == 0 {
@@ -225,7 +232,7 @@ impl BatchNorm {
         if num_features == 0 {
             invalid_err!("BatchNorm", "num_features must be positive");
         }
-        if !(eps > 0.0) {
+        if eps.is_nan() || eps <= 0.0 {
             invalid_err!("BatchNorm", "eps {eps} must be positive");
         }
         if let Some(m) = momentum {
@@ -278,7 +285,13 @@ impl BatchNorm {
 impl Module for BatchNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !self.ranks.contains(&x.rank()) || x.dims()[1] != self.num_features {
-            shape_err!("BatchNorm", "expected input of rank {:?} with {} channels in dim 1, got {}", self.ranks, self.num_features, x.shape());
+            shape_err!(
+                "BatchNorm",
+                "expected input of rank {:?} with {} channels in dim 1, got {}",
+                self.ranks,
+                self.num_features,
+                x.shape()
+            );
         }
         let (w, b) = self.affine()?;
         if !self.training {
@@ -321,7 +334,7 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// PyTorch's eps is 1e-5; timm's ViTs use 1e-6.
     pub fn new(dim: usize, eps: f32, device: Device) -> Result<LayerNorm> {
-        if dim == 0 || !(eps > 0.0) {
+        if dim == 0 || eps.is_nan() || eps <= 0.0 {
             invalid_err!("LayerNorm", "dim {dim} and eps {eps} must be positive");
         }
         Ok(LayerNorm { weight: param_full(1.0, &[dim], device)?, bias: param_full(0.0, &[dim], device)?, dim, eps })
@@ -480,8 +493,8 @@ impl Sequential {
     pub fn new() -> Sequential {
         Sequential::default()
     }
-    /// Builder form: `Sequential::new().add(conv).add(bn).add(Activation::Relu)`.
-    pub fn add(mut self, m: impl Module + 'static) -> Sequential {
+    /// Builder form: `Sequential::new().with(conv).with(bn).with(Activation::Relu)`.
+    pub fn with(mut self, m: impl Module + 'static) -> Sequential {
         self.layers.push(Box::new(m));
         self
     }

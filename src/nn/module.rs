@@ -146,8 +146,10 @@ pub trait Module: Send + Sync {
                 duplicates.push(name.clone());
             }
         }
-        let missing: Vec<String> = own.iter().filter(|(n, _)| !given.contains_key(n.as_str())).map(|(n, _)| n.clone()).collect();
-        let unexpected: Vec<String> = state.iter().filter(|(n, _)| !own_names.contains(n.as_str())).map(|(n, _)| n.clone()).collect();
+        let missing: Vec<String> =
+            own.iter().filter(|(n, _)| !given.contains_key(n.as_str())).map(|(n, _)| n.clone()).collect();
+        let unexpected: Vec<String> =
+            state.iter().filter(|(n, _)| !own_names.contains(n.as_str())).map(|(n, _)| n.clone()).collect();
         let mismatched: Vec<String> = own
             .iter()
             .filter_map(|(n, t)| {
