@@ -99,6 +99,9 @@ impl Sgd {
                 nesterov: self.nesterov,
                 first_step,
             };
+            // Tensors can share memory (views); a gradient aliasing its parameter would make the
+            // read and write locks below deadlock, so such a gradient is copied first.
+            let g = if std::sync::Arc::ptr_eq(&p.storage_arc(), &g.storage_arc()) { g.deep_clone() } else { g.clone() };
             {
                 let mut ps = p.storage_mut();
                 let gs = g.storage();
