@@ -8,10 +8,12 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use backend::Device;
 pub use error::{Error, Result};

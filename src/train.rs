@@ -85,7 +85,10 @@ pub fn train_epoch(
 }
 
 /// Loss and top-1 in eval mode (running BN statistics), without recording gradients.
-pub fn evaluate(model: &mut dyn Module, batches: impl IntoIterator<Item = Result<(Tensor, Vec<u32>)>>) -> Result<EpochStats> {
+pub fn evaluate(
+    model: &mut dyn Module,
+    batches: impl IntoIterator<Item = Result<(Tensor, Vec<u32>)>>,
+) -> Result<EpochStats> {
     model.set_training(false);
     let _no_grad = autograd::no_grad();
     let mut tally = Tally::new();

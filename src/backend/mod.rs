@@ -16,7 +16,10 @@ pub enum Device {
 impl Device {
     pub fn backend(&self) -> &'static dyn Backend {
         match self {
-            Device::Cpu => &cpu::CpuBackend,
+            Device::Cpu => {
+                cpu::tune_allocator_once();
+                &cpu::CpuBackend
+            }
         }
     }
 }

@@ -25,7 +25,11 @@ pub struct BasicBlock {
 impl BasicBlock {
     pub fn new(inplanes: usize, planes: usize, stride: usize, rng: &mut Rng, dev: Device) -> Result<BasicBlock> {
         let downsample = if stride != 1 || inplanes != planes {
-            Some(Sequential::new().add(conv(inplanes, planes, 1, stride, rng, dev)?).add(BatchNorm2d::new(planes, dev)?))
+            Some(
+                Sequential::new()
+                    .with(conv(inplanes, planes, 1, stride, rng, dev)?)
+                    .with(BatchNorm2d::new(planes, dev)?),
+            )
         } else {
             None
         };
@@ -84,7 +88,13 @@ pub struct CifarResNet {
 impl CifarResNet {
     /// `resnet20` = `CifarResNet::new(20, [16, 16, 32, 64], 100, ..)`; `resnet8x4` =
     /// `new(8, [32, 64, 128, 256], ..)`.
-    pub fn new(depth: usize, filters: [usize; 4], num_classes: usize, rng: &mut Rng, dev: Device) -> Result<CifarResNet> {
+    pub fn new(
+        depth: usize,
+        filters: [usize; 4],
+        num_classes: usize,
+        rng: &mut Rng,
+        dev: Device,
+    ) -> Result<CifarResNet> {
         if depth < 8 || (depth - 2) % 6 != 0 {
             invalid_err!("resnet", "depth {depth} must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)");
         }
@@ -96,13 +106,14 @@ impl CifarResNet {
         for (planes, stride) in [(filters[1], 1), (filters[2], 2), (filters[3], 2)] {
             let mut s = Sequential::new();
             for i in 0..n {
-                s = s.add(BasicBlock::new(inplanes, planes, if i == 0 { stride } else { 1 }, rng, dev)?);
+                s = s.with(BasicBlock::new(inplanes, planes, if i == 0 { stride } else { 1 }, rng, dev)?);
                 inplanes = planes;
             }
             stages.push(s);
         }
         let fc = Linear::new(filters[3], num_classes, true, rng, dev)?;
-        let [layer1, layer2, layer3] = <[Sequential; 3]>::try_from(stages).map_err(|_| crate::Error::invalid("resnet", "three stages"))?;
+        let [layer1, layer2, layer3] =
+            <[Sequential; 3]>::try_from(stages).map_err(|_| crate::Error::invalid("resnet", "three stages"))?;
         let net = CifarResNet { conv1, bn1, layer1, layer2, layer3, fc };
         Init::KaimingNormalFanOut.apply(&net, rng)?;
         Ok(net)
@@ -131,4 +142,3 @@ impl Module for CifarResNet {
     }
     module_boilerplate!();
 }
-

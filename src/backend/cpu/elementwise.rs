@@ -1,6 +1,8 @@
 //! Elementwise ops: activations and their derivatives, broadcasting arithmetic, fused SGD.
 //! Large tensors are split into chunks across the rayon pool; each chunk is a straight loop.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::PAR_MIN_ELEMS;
@@ -8,13 +10,47 @@ use crate::backend::{BinaryOp, SgdStep, UnaryOp};
 
 const CHUNK: usize = 1 << 14;
 
-/// out[i] = f(i-th inputs), in parallel chunks when large.
-fn map_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
-    if out.len() < PAR_MIN_ELEMS {
-        f(0, out);
+/// A fresh vector of `n` values, each chunk filled by `fill(offset, chunk)` (in parallel when
+/// large). Skips zero-initialisation: every op here writes each output exactly once.
+fn fill_new(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n < PAR_MIN_ELEMS {
+        fill(0, spare);
     } else {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
+        spare.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| fill(i * CHUNK, c));
     }
+    // SAFETY: `fill` writes every element of every chunk (all callers zip the chunk with
+    // inputs at least as long), so all n values are initialised.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// y[i] = f(x[i]), compiled per `f` so the loop vectorises.
+fn map1(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    fill_new(x.len(), |off, o| {
+        for (o, &a) in o.iter_mut().zip(&x[off..]) {
+            o.write(f(a));
+        }
+    })
+}
+
+/// y[i] = f(a[i], b[i]).
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    fill_new(a.len(), |off, o| {
+        for ((o, &a), &b) in o.iter_mut().zip(&a[off..]).zip(&b[off..]) {
+            o.write(f(a, b));
+        }
+    })
+}
+
+/// y[i] = f(a[i], b[i], c[i]).
+fn map3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) -> Vec<f32> {
+    fill_new(a.len(), |off, o| {
+        for (((o, &a), &b), &c) in o.iter_mut().zip(&a[off..]).zip(&b[off..]).zip(&c[off..]) {
+            o.write(f(a, b, c));
+        }
+    })
 }
 
 fn softplus(x: f32) -> f32 {
@@ -112,25 +148,22 @@ fn unary_grad(op: UnaryOp, x: f32, y: f32) -> f32 {
     }
 }
 
+/// The hot ops (ReLU, scalar affine, square) get loops of their own; the rest share one.
 pub fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    map_chunks(&mut out, |off, o| {
-        for (o, &x) in o.iter_mut().zip(&x[off..]) {
-            *o = unary_one(op, x);
-        }
-    });
-    out
+    match op {
+        UnaryOp::Relu => map1(x, |v| v.max(0.0)),
+        UnaryOp::Affine { mul, add } => map1(x, move |v| v * mul + add),
+        UnaryOp::Pow(p) if p == 2.0 => map1(x, |v| v * v),
+        _ => map1(x, |v| unary_one(op, v)),
+    }
 }
 
 pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    map_chunks(&mut out, |off, o| {
-        for (i, o) in o.iter_mut().enumerate() {
-            let j = off + i;
-            *o = dy[j] * unary_grad(op, x[j], y[j]);
-        }
-    });
-    out
+    match op {
+        UnaryOp::Relu => map2(x, dy, |x, g| if x > 0.0 { g } else { 0.0 }),
+        UnaryOp::Affine { mul, .. } => map1(dy, move |g| g * mul),
+        _ => map3(x, y, dy, |x, y, g| g * unary_grad(op, x, y)),
+    }
 }
 
 #[inline(always)]
@@ -158,16 +191,16 @@ fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
 /// innermost dim runs as a straight (possibly constant-stride) loop per output row.
 pub fn binary(op: BinaryOp, a: &[f32], a_dims: &[usize], b: &[f32], b_dims: &[usize], out_dims: &[usize]) -> Vec<f32> {
     let n: usize = out_dims.iter().product();
+    if a.len() == n && b.len() == n {
+        return match op {
+            BinaryOp::Add => map2(a, b, |a, b| a + b),
+            BinaryOp::Sub => map2(a, b, |a, b| a - b),
+            BinaryOp::Mul => map2(a, b, |a, b| a * b),
+            BinaryOp::Div => map2(a, b, |a, b| a / b),
+        };
+    }
     let mut out = vec![0.0; n];
     if n == 0 {
-        return out;
-    }
-    if a.len() == n && b.len() == n {
-        map_chunks(&mut out, |off, o| {
-            for (i, o) in o.iter_mut().enumerate() {
-                *o = apply(op, a[off + i], b[off + i]);
-            }
-        });
         return out;
     }
     let r = out_dims.len();

@@ -1,0 +1,82 @@
+//! Model zoo: parameter counts against the PyTorch originals, state-dict names, forward shapes.
+
+use kdscout::models::cifar_resnet;
+use kdscout::nn::Module;
+use kdscout::rng::Rng;
+use kdscout::{Device, Tensor};
+
+/// Parameter count of RepDistiller's CIFAR ResNet, derived from its definition independently
+/// of our model code: 3x3 stem, n BasicBlocks per stage, 1x1+BN shortcut where the shape changes.
+fn resnet_params(depth: usize, f: [usize; 4], classes: usize) -> usize {
+    let n = (depth - 2) / 6;
+    let bn = |c: usize| 2 * c;
+    let mut total = 3 * f[0] * 9 + bn(f[0]);
+    let mut inplanes = f[0];
+    for &planes in &f[1..] {
+        for _ in 0..n {
+            total += inplanes * planes * 9 + bn(planes) + planes * planes * 9 + bn(planes);
+            if inplanes != planes {
+                total += inplanes * planes + bn(planes);
+            }
+            inplanes = planes;
+        }
+    }
+    total + f[3] * classes + classes
+}
+
+#[test]
+fn cifar_resnet_parameter_counts_match_pytorch() {
+    // (name, depth, filters, published count in millions for 100 classes)
+    let cases: [(&str, usize, [usize; 4], f64); 5] = [
+        ("resnet20", 20, [16, 16, 32, 64], 0.28),
+        ("resnet56", 56, [16, 16, 32, 64], 0.86),
+        ("resnet110", 110, [16, 16, 32, 64], 1.74),
+        ("resnet8x4", 8, [32, 64, 128, 256], 1.23),
+        ("resnet32x4", 32, [32, 64, 128, 256], 7.43),
+    ];
+    for (name, depth, filters, published) in cases {
+        let net = cifar_resnet(name, 100, &mut Rng::seed(0), Device::Cpu).unwrap();
+        let expected = resnet_params(depth, filters, 100);
+        assert_eq!(net.num_parameters(), expected, "{name}");
+        let millions = expected as f64 / 1e6;
+        assert!((millions - published).abs() < 0.005, "{name}: {millions:.3}M vs published {published}M");
+    }
+    // resnet20's exact count, as torch counts it.
+    assert_eq!(resnet_params(20, [16, 16, 32, 64], 100), 278_324);
+}
+
+#[test]
+fn cifar_resnet_state_dict_names_follow_repdistiller() {
+    let net = cifar_resnet("resnet20", 100, &mut Rng::seed(0), Device::Cpu).unwrap();
+    let names: Vec<String> = net.state_dict().into_iter().map(|(n, _)| n).collect();
+    for want in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer1.2.bn2.bias",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.num_batches_tracked",
+        "layer3.2.conv2.weight",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        assert!(names.iter().any(|n| n == want), "missing {want} in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n == "layer1.0.downsample.0.weight"), "layer1 needs no shortcut conv");
+}
+
+#[test]
+fn cifar_resnet_forward_backward_shapes() {
+    let mut rng = Rng::seed(1);
+    let net = cifar_resnet("resnet8", 10, &mut rng, Device::Cpu).unwrap();
+    let x = Tensor::randn([2, 3, 32, 32], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
+    let logits = net.forward(&x).unwrap();
+    assert_eq!(logits.dims(), &[2, 10]);
+    let grads = logits.cross_entropy(&[3, 7]).unwrap().backward().unwrap();
+    for (name, p) in net.named_parameters() {
+        let g = grads.of(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(g.to_vec().unwrap().iter().all(|v| v.is_finite()), "{name}");
+    }
+    let err = cifar_resnet("resnet21", 10, &mut rng, Device::Cpu).err().expect("resnet21 is no model");
+    assert!(err.to_string().contains("resnet21"));
+}
