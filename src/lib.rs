@@ -6,6 +6,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod models;

@@ -1,3 +1,9 @@
+use clap::Parser;
+
 fn main() {
-    println!("kdscout {}", env!("CARGO_PKG_VERSION"));
+    let cli = kdscout::cli::Cli::parse();
+    if let Err(e) = kdscout::cli::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

@@ -100,3 +100,70 @@ pub fn evaluate(
     model.set_training(true);
     Ok(tally.finish())
 }
+
+/// Settings of a plain supervised run (`kdscout demo`; the distillation recipe extends it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Initial learning rate; annealed to zero by a per-epoch cosine schedule.
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    /// RandomCrop(32, padding 4) + horizontal flip on the training images.
+    pub augment: bool,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig { epochs: 5, batch_size: 64, lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: false, augment: true }
+    }
+}
+
+impl FitConfig {
+    /// Cosine annealing from `lr` at epoch 0 towards 0 after the last epoch.
+    pub fn lr_at(&self, epoch: usize) -> f32 {
+        let t = epoch as f32 / self.epochs.max(1) as f32;
+        self.lr * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
+    }
+}
+
+/// One epoch's record, as written to `metrics.jsonl`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f32,
+    pub train: EpochStats,
+    pub test: EpochStats,
+}
+
+/// Trains `model` for `cfg.epochs` epochs with SGD, evaluating on `test` after each; calls
+/// `on_epoch` with each record (to log or persist it) and returns them all.
+pub fn fit(
+    model: &mut dyn Module,
+    train: &crate::data::Dataset,
+    test: &crate::data::Dataset,
+    cfg: &FitConfig,
+    rng: &mut crate::rng::Rng,
+    mut on_epoch: impl FnMut(&EpochRecord) -> Result<()>,
+) -> Result<Vec<EpochRecord>> {
+    use crate::data::{Augment, Batch, DataLoader};
+    let augment = if cfg.augment { Some(Augment::CIFAR) } else { None };
+    let train_loader = DataLoader::new(train, cfg.batch_size)?.shuffle(true).augment(augment);
+    let test_loader = DataLoader::eval(test, cfg.batch_size.max(256))?;
+    let mut opt = Sgd::new(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)?;
+    let mut records = Vec::with_capacity(cfg.epochs);
+    for epoch in 0..cfg.epochs {
+        let lr = cfg.lr_at(epoch);
+        opt.set_lr(lr)?;
+        let batches = train_loader.epoch(rng).map(|b| b.map(Batch::into_parts));
+        let train_stats = train_epoch(model, &mut opt, batches, epoch)?;
+        let test_stats = evaluate(model, test_loader.epoch(rng).map(|b| b.map(Batch::into_parts)))?;
+        let record = EpochRecord { epoch, lr, train: train_stats, test: test_stats };
+        on_epoch(&record)?;
+        records.push(record);
+    }
+    Ok(records)
+}

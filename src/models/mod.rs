@@ -2,8 +2,10 @@
 //! (wrn, vgg, MobileNetV2, ShuffleNets, NAS-Bench-201 cells, ViT) joins with the model-zoo issue.
 
 pub mod resnet;
+pub mod small_cnn;
 
 pub use resnet::CifarResNet;
+pub use small_cnn::small_cnn;
 
 use crate::rng::Rng;
 use crate::{invalid_err, Device, Result};
