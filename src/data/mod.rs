@@ -237,6 +237,13 @@ impl Dataset {
     }
 
     fn check_indices(&self, op: &'static str, indices: &[usize]) -> Result<()> {
+        // Fields are public, so a hand-built set may be inconsistent: report it instead of panicking.
+        if self.images.len() != self.len() * IMAGE_BYTES {
+            return Err(Error::invalid(
+                op,
+                format!("{}: {} image bytes for {} labels", self.name, self.images.len(), self.len()),
+            ));
+        }
         if let Some(&i) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(Error::invalid(op, format!("{}: index {i} out of range for {} images", self.name, self.len())));
         }
