@@ -108,9 +108,9 @@ pub struct FitConfig {
     pub epochs: usize,
     pub batch_size: usize,
     /// Initial learning rate; annealed to zero by a per-epoch cosine schedule.
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
     pub nesterov: bool,
     /// RandomCrop(32, padding 4) + horizontal flip on the training images.
     pub augment: bool,
@@ -118,15 +118,23 @@ pub struct FitConfig {
 
 impl Default for FitConfig {
     fn default() -> Self {
-        FitConfig { epochs: 5, batch_size: 64, lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: false, augment: true }
+        FitConfig {
+            epochs: 5,
+            batch_size: 64,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: false,
+            augment: true,
+        }
     }
 }
 
 impl FitConfig {
     /// Cosine annealing from `lr` at epoch 0 towards 0 after the last epoch.
-    pub fn lr_at(&self, epoch: usize) -> f32 {
-        let t = epoch as f32 / self.epochs.max(1) as f32;
-        self.lr * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let t = epoch as f64 / self.epochs.max(1) as f64;
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
     }
 }
 
@@ -134,7 +142,7 @@ impl FitConfig {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EpochRecord {
     pub epoch: usize,
-    pub lr: f32,
+    pub lr: f64,
     pub train: EpochStats,
     pub test: EpochStats,
 }
@@ -153,11 +161,12 @@ pub fn fit(
     let augment = if cfg.augment { Some(Augment::CIFAR) } else { None };
     let train_loader = DataLoader::new(train, cfg.batch_size)?.shuffle(true).augment(augment);
     let test_loader = DataLoader::eval(test, cfg.batch_size.max(256))?;
-    let mut opt = Sgd::new(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)?;
+    // Config values are f64 so resolved configs print exactly what was asked for.
+    let mut opt = Sgd::new(cfg.lr as f32, cfg.momentum as f32, cfg.weight_decay as f32, cfg.nesterov)?;
     let mut records = Vec::with_capacity(cfg.epochs);
     for epoch in 0..cfg.epochs {
         let lr = cfg.lr_at(epoch);
-        opt.set_lr(lr)?;
+        opt.set_lr(lr as f32)?;
         let batches = train_loader.epoch(rng).map(|b| b.map(Batch::into_parts));
         let train_stats = train_epoch(model, &mut opt, batches, epoch)?;
         let test_stats = evaluate(model, test_loader.epoch(rng).map(|b| b.map(Batch::into_parts)))?;

@@ -19,9 +19,15 @@ fn small_cnn_learns_the_cifar10_subset() {
     assert_eq!((train.len(), test.len()), (4000, 1000));
     let mut rng = Rng::seed(0);
     let mut model = small_cnn(16, 10, &mut rng, Device::Cpu).unwrap();
-    let cfg = FitConfig { epochs: 4, lr: 0.05, ..FitConfig::default() };
+    let cfg = FitConfig { epochs: 6, lr: 0.05, ..FitConfig::default() };
     let records = fit(&mut model, &train, &test, &cfg, &mut rng, |r| {
-        eprintln!("epoch {} train loss {:.3} acc {:.1}% test acc {:.1}%", r.epoch + 1, r.train.loss, r.train.top1, r.test.top1);
+        eprintln!(
+            "epoch {} train loss {:.3} acc {:.1}% test acc {:.1}%",
+            r.epoch + 1,
+            r.train.loss,
+            r.train.top1,
+            r.test.top1
+        );
         Ok(())
     })
     .unwrap();

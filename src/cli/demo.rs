@@ -24,7 +24,7 @@ pub struct DemoArgs {
     pub batch: usize,
     /// Initial learning rate (cosine-annealed).
     #[arg(long, default_value_t = FitConfig::default().lr)]
-    pub lr: f32,
+    pub lr: f64,
     /// Width of the first conv stage (the net is w, 2w, 4w channels).
     #[arg(long, default_value_t = 32)]
     pub width: usize,
@@ -59,8 +59,14 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let (train, test, data_name) = match &args.data_dir {
-        Some(dir) => (Dataset::load_dir(dir, Split::Train)?, Dataset::load_dir(dir, Split::Test)?, dir.display().to_string()),
-        None => (Dataset::shared_cifar10(Split::Train)?, Dataset::shared_cifar10(Split::Test)?, "shared cifar10 subset".into()),
+        Some(dir) => {
+            (Dataset::load_dir(dir, Split::Train)?, Dataset::load_dir(dir, Split::Test)?, dir.display().to_string())
+        }
+        None => (
+            Dataset::shared_cifar10(Split::Train)?,
+            Dataset::shared_cifar10(Split::Test)?,
+            "shared cifar10 subset".into(),
+        ),
     };
     let cfg = FitConfig { epochs: args.epochs, batch_size: args.batch, lr: args.lr, ..FitConfig::default() };
     let device = Device::Cpu;
