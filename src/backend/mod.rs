@@ -229,6 +229,8 @@ pub trait Backend: Send + Sync {
     fn device(&self) -> Device;
 
     // ---- memory ----
+    /// Upload host values (named for the direction of the copy, so it takes `&self`).
+    #[allow(clippy::wrong_self_convention)]
     fn from_host(&self, data: &[f32]) -> Result<Storage>;
     fn to_host(&self, x: &Storage) -> Result<Vec<f32>>;
     fn full(&self, len: usize, value: f32) -> Result<Storage>;

@@ -95,7 +95,7 @@ impl CifarResNet {
         rng: &mut Rng,
         dev: Device,
     ) -> Result<CifarResNet> {
-        if depth < 8 || (depth - 2) % 6 != 0 {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
             invalid_err!("resnet", "depth {depth} must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)");
         }
         let n = (depth - 2) / 6;

@@ -48,15 +48,7 @@ fn reference(op: UnaryOp, x: f64) -> f64 {
 fn away_from_kinks(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
     rand_vec_in(n, lo, hi, seed)
         .into_iter()
-        .map(|v| {
-            if v.abs() < 0.05 {
-                v + 0.1
-            } else if (v - 6.0).abs() < 0.05 {
-                v + 0.1
-            } else {
-                v
-            }
-        })
+        .map(|v| if v.abs() < 0.05 || (v - 6.0).abs() < 0.05 { v + 0.1 } else { v })
         .collect()
 }
 
@@ -143,8 +135,9 @@ pub fn binary_broadcasting(dev: Device) {
         (&[4, 5, 7], &[7], &[4, 5, 7]),
         (&[3, 1, 5], &[4, 1], &[3, 4, 5]),
     ];
-    type F = fn(f64, f64) -> f64;
-    let ops: [(&str, F, fn(&Tensor, &Tensor) -> kdscout::Result<Tensor>); 4] = [
+    type Reference = fn(f64, f64) -> f64;
+    type Ours = fn(&Tensor, &Tensor) -> kdscout::Result<Tensor>;
+    let ops: [(&str, Reference, Ours); 4] = [
         ("add", |a, b| a + b, |a, b| a.add(b)),
         ("sub", |a, b| a - b, |a, b| a.sub(b)),
         ("mul", |a, b| a * b, |a, b| a.mul(b)),

@@ -153,7 +153,7 @@ pub fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
     match op {
         UnaryOp::Relu => map1(x, |v| v.max(0.0)),
         UnaryOp::Affine { mul, add } => map1(x, move |v| v * mul + add),
-        UnaryOp::Pow(p) if p == 2.0 => map1(x, |v| v * v),
+        UnaryOp::Pow(2.0) => map1(x, |v| v * v),
         _ => map1(x, |v| unary_one(op, v)),
     }
 }
