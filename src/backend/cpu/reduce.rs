@@ -109,29 +109,45 @@ pub fn reduce_max_backward(x: &[f32], dy: &[f32], g: DimGeom) -> Vec<f32> {
     dx
 }
 
-/// Softmax (or log-softmax) along the axis, max-subtracted.
+/// Softmax (or log-softmax) of one contiguous row into `out`: exp is evaluated once per element.
+fn softmax_row(x: &[f32], out: &mut [f32], log: bool) {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut s = 0.0f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - m).exp();
+        s += *o;
+    }
+    if log {
+        let lse = m + s.ln();
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v - lse;
+        }
+    } else {
+        let inv = 1.0 / s;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// Softmax (or log-softmax) along the axis, max-subtracted. Rows that are contiguous (the
+/// usual last-dim softmax) take a straight loop per row; other axes go through `for_lines`.
 pub fn softmax(x: &[f32], g: DimGeom, log: bool) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
+    if g.inner == 1 {
+        let len = g.len.max(1);
+        if x.len() >= PAR_MIN_ELEMS {
+            y.par_chunks_mut(len).zip(x.par_chunks(len)).for_each(|(o, r)| softmax_row(r, o, log));
+        } else {
+            y.chunks_mut(len).zip(x.chunks(len)).for_each(|(o, r)| softmax_row(r, o, log));
+        }
+        return y;
+    }
     let out = Lines(y.as_mut_ptr());
     for_lines(g, x.len(), |o, i| {
-        let mut m = f32::NEG_INFINITY;
-        for k in 0..g.len {
-            m = m.max(x[at(g, o, k, i)]);
-        }
-        let mut s = 0.0f32;
-        for k in 0..g.len {
-            s += (x[at(g, o, k, i)] - m).exp();
-        }
-        if log {
-            let lse = m + s.ln();
-            for k in 0..g.len {
-                out.set(at(g, o, k, i), x[at(g, o, k, i)] - lse);
-            }
-        } else {
-            let inv = 1.0 / s;
-            for k in 0..g.len {
-                out.set(at(g, o, k, i), (x[at(g, o, k, i)] - m).exp() * inv);
-            }
+        let line: Vec<f32> = (0..g.len).map(|k| x[at(g, o, k, i)]).collect();
+        let mut res = vec![0.0; g.len];
+        softmax_row(&line, &mut res, log);
+        for (k, v) in res.into_iter().enumerate() {
+            out.set(at(g, o, k, i), v);
         }
     });
     y
