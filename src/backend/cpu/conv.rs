@@ -1,6 +1,7 @@
-//! Conv2d on the CPU: tiled im2col + GEMM, 1x1 stride-1 unpadded convs straight to GEMM, and
-//! convs with one input channel per group (depthwise, with or without a channel multiplier) as
-//! direct loops.
+//! Conv2d on the CPU: a direct AVX-512 kernel for stride-1 convs that keep the width (3x3 pad 1
+//! and the like; see `direct`), otherwise tiled im2col + GEMM, 1x1 stride-1 unpadded convs
+//! straight to GEMM, and convs with one input channel per group (depthwise, with or without a
+//! channel multiplier) as direct loops.
 //!
 //! Layout of the GEMMs, per image and group (P = output pixels, K = c_in/groups·kh·kw):
 //! - forward: yᵀ[P x c_out] = colᵀ[P x K] · Wᵀ[K x c_out]. The column buffer is [K][tile] and
@@ -343,18 +344,30 @@ fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
 
 /// y [n, c_out, h_out, w_out] = conv(x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw]).
 pub fn conv2d(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if direct::applies(g) {
+        return Ok(direct::forward(x, w, g));
+    }
     let s = Sizes::of(g);
     Ok(conv2d_tiled(x, w, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
 
 /// dx [n, c_in, h, w] from dy [n, c_out, h_out, w_out] and w.
 pub fn conv2d_backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if direct::applies(g) {
+        return Ok(direct::backward_data(dy, w, g));
+    }
     let s = Sizes::of(g);
     Ok(backward_data_tiled(dy, w, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
 
 /// dw [c_out, c_in/groups, kh, kw] from x and dy.
 pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if direct::applies(g) {
+        return Ok(direct::backward_weight(x, dy, g));
+    }
     let s = Sizes::of(g);
     Ok(backward_weight_tiled(x, dy, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
@@ -636,6 +649,424 @@ fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom, s: &Sizes) -
     dw
 }
 
+// ---- direct AVX-512 convolution for stride-1 "same-width" convs (3x3 pad 1 and the like) ----
+
+/// Direct convolution for stride-1, groups-1 convs whose output rows are as wide as the input
+/// (kw = 2·pad_x + 1), e.g. every 3x3 pad-1 conv of a CIFAR ResNet. Pixels are taken 16 at a
+/// time in flattened (row, column) order: with equal input and output widths, tap (ky, kx) of
+/// output pixel p reads input pixel p + ky·w + kx of a plane padded by pad_y rows plus pad_x
+/// floats in front, so one unaligned load per 16 pixels serves every tap; lanes whose column
+/// would leave the row (and wrap into the neighbouring one) are masked to zero. No column
+/// buffer: each input float is copied once (into the padded plane) instead of kh·kw times.
+///
+/// Backward data of such a conv is the same kind of conv (dy with the spatially flipped,
+/// channel-transposed weights, padding k−1−pad), so it runs on the same kernel. Backward
+/// weight reduces over pixels: per (output channel, tap) a 16-lane partial sum, reduced at
+/// the end of each job.
+#[cfg(target_arch = "x86_64")]
+mod direct {
+    use super::{has_avx512, run_jobs, with_scratch, SendPtr, PAR_MIN_FLOPS};
+    use crate::backend::Conv2dGeom;
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+
+    /// Pixel vectors (of 16) per forward block.
+    const NV: usize = 4;
+    /// Output channels per forward block: NV·NC accumulators plus NV inputs and one broadcast
+    /// weight fit the 32 zmm registers.
+    const NC: usize = 6;
+    /// Output channels per backward-weight block, times up to 3 taps of one kernel row.
+    const WC: usize = 8;
+    const WT: usize = 3;
+
+    /// Whether the direct path handles this conv (and the CPU has AVX-512).
+    pub fn applies(g: &Conv2dGeom) -> bool {
+        has_avx512()
+            && g.groups == 1
+            && g.stride == (1, 1)
+            && !(g.kh == 1 && g.kw == 1)
+            && g.kw == 2 * g.pad.1 + 1
+            && g.pad.0 < g.kh
+            && g.w_out == g.w
+            && g.h + 2 * g.pad.0 + 1 == g.h_out + g.kh
+            && g.n * g.c_in * g.c_out * g.h_out * g.w > 0
+    }
+
+    /// Padded planes and per-vector column masks of one "same-width" conv of an h_in x w input
+    /// into h_out x w outputs.
+    struct Plan {
+        w: usize,
+        kh: usize,
+        kw: usize,
+        hw_in: usize,
+        /// Output pixels per channel.
+        p: usize,
+        /// Zero floats in front of each padded plane: pad_y·w + pad_x.
+        front: usize,
+        /// Floats per padded plane (covers the last vector's over-read).
+        l: usize,
+        /// Pixel vectors per channel: ceil(p / 16).
+        nvec: usize,
+        /// masks[v·kw + kx]: lanes of vector v whose column stays in the row at tap kx.
+        masks: Vec<u16>,
+        /// Valid lanes of the last vector.
+        tail: u16,
+    }
+
+    impl Plan {
+        fn new(h_in: usize, w: usize, h_out: usize, kh: usize, kw: usize, pad: (usize, usize)) -> Plan {
+            let p = h_out * w;
+            let nvec = p.div_ceil(16);
+            let l = (16 * nvec + (kh - 1) * w + kw - 1).next_multiple_of(16);
+            let mut masks = vec![0u16; nvec * kw];
+            for v in 0..nvec {
+                for kx in 0..kw {
+                    for j in 0..16 {
+                        let ox = ((16 * v + j) % w) as isize + kx as isize - pad.1 as isize;
+                        if ox >= 0 && ox < w as isize {
+                            masks[v * kw + kx] |= 1 << j;
+                        }
+                    }
+                }
+            }
+            let rem = p - 16 * (nvec - 1);
+            let tail = if rem == 16 { 0xffff } else { ((1u32 << rem) - 1) as u16 };
+            Plan { w, kh, kw, hw_in: h_in * w, p, front: pad.0 * w + pad.1, l, nvec, masks, tail }
+        }
+
+        /// dst [c][l] = the c input planes src [c][h_in·w] between zeros.
+        fn pad(&self, src: &[f32], dst: &mut [f32]) {
+            for (plane, s) in dst.chunks_exact_mut(self.l).zip(src.chunks_exact(self.hw_in)) {
+                plane[..self.front].fill(0.0);
+                plane[self.front..self.front + self.hw_in].copy_from_slice(s);
+                plane[self.front + self.hw_in..].fill(0.0);
+            }
+        }
+    }
+
+    /// Weights reordered for the forward kernel: per block of up to NC output channels
+    /// (block starting at co0 stored at co0·cin·kh·kw), [kx][ci][ky][c]. `at(co, ci, ky, kx)`
+    /// reads the logical weight.
+    fn reorder(
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        at: impl Fn(usize, usize, usize, usize) -> f32,
+    ) -> Vec<f32> {
+        let mut out = Vec::with_capacity(cout * cin * kh * kw);
+        for co0 in (0..cout).step_by(NC) {
+            let nc = NC.min(cout - co0);
+            for kx in 0..kw {
+                for ci in 0..cin {
+                    for ky in 0..kh {
+                        for c in 0..nc {
+                            out.push(at(co0 + c, ci, ky, kx));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Forward: y [n, c_out, h_out, w] from x [n, c_in, h, w] and w [c_out, c_in, kh, kw].
+    pub fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        let (cin, k) = (g.c_in, g.kh * g.kw);
+        let wb = reorder(g.c_out, cin, g.kh, g.kw, |co, ci, ky, kx| w[(co * cin + ci) * k + ky * g.kw + kx]);
+        let plan = Plan::new(g.h, g.w, g.h_out, g.kh, g.kw, g.pad);
+        same_conv(x, g.n, cin, &wb, g.c_out, &plan, g.flops())
+    }
+
+    /// Backward data: dx [n, c_in, h, w] from dy and w, as the conv of dy with the flipped,
+    /// transposed weights (padding kh−1−pad_y, kw−1−pad_x keeps the widths equal).
+    pub fn backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
+        let wb =
+            reorder(cin, cout, kh, kw, |ci, co, ky, kx| w[((co * cin + ci) * kh + kh - 1 - ky) * kw + kw - 1 - kx]);
+        let plan = Plan::new(g.h_out, g.w, g.h, kh, kw, (kh - 1 - g.pad.0, kw - 1 - g.pad.1));
+        same_conv(dy, g.n, cout, &wb, cin, &plan, g.flops())
+    }
+
+    type FwdKernel =
+        unsafe fn(*const f32, usize, usize, usize, usize, usize, *const f32, *const u16, *mut f32, usize, usize);
+
+    /// The forward kernel for nv pixel vectors and nc output channels (1 <= nv <= NV, 1 <= nc <= NC).
+    fn fwd_kernel(nv: usize, nc: usize) -> FwdKernel {
+        macro_rules! by_nc {
+            ($v:literal) => {
+                match nc {
+                    1 => fwd_block::<$v, 1>,
+                    2 => fwd_block::<$v, 2>,
+                    3 => fwd_block::<$v, 3>,
+                    4 => fwd_block::<$v, 4>,
+                    5 => fwd_block::<$v, 5>,
+                    _ => fwd_block::<$v, 6>,
+                }
+            };
+        }
+        match nv {
+            1 => by_nc!(1),
+            2 => by_nc!(2),
+            3 => by_nc!(3),
+            _ => by_nc!(4),
+        }
+    }
+
+    /// out [n, cout, plan.p] = conv of inp [n, cin, plan.hw_in] with blocked weights wb.
+    fn same_conv(inp: &[f32], n: usize, cin: usize, wb: &[f32], cout: usize, plan: &Plan, flops: f64) -> Vec<f32> {
+        assert!(has_avx512() && inp.len() == n * cin * plan.hw_in && wb.len() == cout * cin * plan.kh * plan.kw);
+        let p = plan.p;
+        let len = n * cout * p;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let op = SendPtr(out.as_mut_ptr());
+        let k = cin * plan.kh * plan.kw;
+        run_jobs(n, flops, |img| {
+            with_scratch(cin * plan.l, |xp| {
+                plan.pad(&inp[img * cin * plan.hw_in..][..cin * plan.hw_in], xp);
+                for co0 in (0..cout).step_by(NC) {
+                    let nc = NC.min(cout - co0);
+                    for v0 in (0..plan.nvec).step_by(NV) {
+                        let nv = NV.min(plan.nvec - v0);
+                        let kern = fwd_kernel(nv, nc);
+                        let nstore = p - 16 * v0;
+                        // SAFETY: avx512f was checked (assert above). Loads: vector v < nv of
+                        // tap (ci, ky, kx) reads xp[ci·l + 16(v0+v) + ky·w + kx .. +16], below
+                        // ci·l + 16·nvec + (kh−1)·w + kw − 1 <= (ci+1)·l, inside xp's cin·l;
+                        // weights read wb[co0·k .. (co0+nc)·k]; masks[(v0+v)·kw + kx] exists.
+                        // Stores: channels co0..co0+nc, pixels 16·v0 .. min(p, 16(v0+nv)) of
+                        // image img, inside out's capacity n·cout·p and written by this job only.
+                        unsafe {
+                            kern(
+                                xp.as_ptr().add(16 * v0),
+                                plan.l,
+                                cin,
+                                plan.kh,
+                                plan.kw,
+                                plan.w,
+                                wb.as_ptr().add(co0 * k),
+                                plan.masks.as_ptr().add(v0 * plan.kw),
+                                op.get().add((img * cout + co0) * p + 16 * v0),
+                                p,
+                                nstore,
+                            )
+                        }
+                    }
+                }
+            })
+        });
+        // SAFETY: the blocks of every image cover all cout channels and all p pixels, and the
+        // kernel stores every one of them.
+        unsafe { out.set_len(len) };
+        out
+    }
+
+    /// acc[v][c] = Σ over (kx, ci, ky) of x[v-th vector shifted by ky·w + kx, masked] · w[c];
+    /// stores the first `nstore` pixels of each of the NC channels (channel stride p).
+    ///
+    /// # Safety
+    /// avx512f; the pointer ranges described at the call in `same_conv`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn fwd_block<const V: usize, const C: usize>(
+        xp: *const f32,
+        l: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        w: usize,
+        wb: *const f32,
+        masks: *const u16,
+        y: *mut f32,
+        p: usize,
+        nstore: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; V];
+        for kx in 0..kw {
+            let mut m = [0u16; V];
+            for (v, mv) in m.iter_mut().enumerate() {
+                // SAFETY: masks holds V·kw entries for these vectors (caller).
+                *mv = unsafe { *masks.add(v * kw + kx) };
+            }
+            // SAFETY (this block): offsets stay inside the ranges the caller vouched for.
+            unsafe {
+                let mut wp = wb.add(kx * cin * kh * C);
+                for ci in 0..cin {
+                    let mut xr = xp.add(ci * l + kx);
+                    for _ in 0..kh {
+                        let mut xin = [_mm512_setzero_ps(); V];
+                        for v in 0..V {
+                            xin[v] = _mm512_maskz_loadu_ps(m[v], xr.add(16 * v));
+                        }
+                        for c in 0..C {
+                            let wv = _mm512_set1_ps(*wp.add(c));
+                            for v in 0..V {
+                                acc[v][c] = _mm512_fmadd_ps(xin[v], wv, acc[v][c]);
+                            }
+                        }
+                        wp = wp.add(C);
+                        xr = xr.add(w);
+                    }
+                }
+            }
+        }
+        for v in 0..V {
+            let rem = nstore.saturating_sub(16 * v).min(16);
+            let mask = ((1u32 << rem) - 1) as u16;
+            for c in 0..C {
+                // SAFETY: the first min(16, nstore − 16v) pixels of channel c of this vector
+                // are inside the caller's output block.
+                unsafe {
+                    let d = y.add(c * p + 16 * v);
+                    if rem == 16 {
+                        _mm512_storeu_ps(d, acc[v][c]);
+                    } else if rem > 0 {
+                        _mm512_mask_storeu_ps(d, mask, acc[v][c]);
+                    }
+                }
+            }
+        }
+    }
+
+    type WgtKernel =
+        unsafe fn(*const f32, usize, *const f32, usize, usize, usize, usize, *const u16, usize, u16, *mut f32, usize);
+
+    fn wgt_kernel(nt: usize, nc: usize) -> WgtKernel {
+        macro_rules! by_nc {
+            ($t:literal) => {
+                match nc {
+                    1 => wgt_block::<$t, 1>,
+                    2 => wgt_block::<$t, 2>,
+                    3 => wgt_block::<$t, 3>,
+                    4 => wgt_block::<$t, 4>,
+                    5 => wgt_block::<$t, 5>,
+                    6 => wgt_block::<$t, 6>,
+                    7 => wgt_block::<$t, 7>,
+                    _ => wgt_block::<$t, 8>,
+                }
+            };
+        }
+        match nt {
+            1 => by_nc!(1),
+            2 => by_nc!(2),
+            _ => by_nc!(3),
+        }
+    }
+
+    /// Backward weight: dw [c_out, c_in, kh, kw] from x and dy.
+    pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        assert!(has_avx512());
+        let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
+        let plan = Plan::new(g.h, g.w, g.h_out, kh, kw, g.pad);
+        let p = plan.p;
+        assert!(x.len() == g.n * cin * plan.hw_in && dy.len() == g.n * cout * p);
+        let wlen = cout * cin * kh * kw;
+        // Images per job: enough pixels that the horizontal sums at the end are amortized.
+        let gimg = 1024usize.div_ceil(p).clamp(1, g.n.div_ceil(rayon::current_num_threads()).max(1));
+        let jobs = g.n.div_ceil(gimg);
+        let job = |mut acc: Vec<f32>, job: usize| -> Vec<f32> {
+            let i0 = job * gimg;
+            let gi = gimg.min(g.n - i0);
+            with_scratch(gi * cin * plan.l, |xp| {
+                plan.pad(&x[i0 * cin * plan.hw_in..][..gi * cin * plan.hw_in], xp);
+                let dyi = &dy[i0 * cout * p..][..gi * cout * p];
+                for co0 in (0..cout).step_by(WC) {
+                    let nc = WC.min(cout - co0);
+                    for ci in 0..cin {
+                        for ky in 0..kh {
+                            for kx0 in (0..kw).step_by(WT) {
+                                let nt = WT.min(kw - kx0);
+                                // SAFETY: avx512f asserted. x loads: image i < gi, vector v <
+                                // nvec, tap kx0 + t reads xp[(i·cin + ci)·l + ky·w + kx0 + t +
+                                // 16v .. +16], inside plane (i·cin + ci) as in same_conv. dy
+                                // loads: channel co0 + c < cout, pixels 16v.. masked to < p.
+                                // Writes acc[((co0 + c)·cin + ci)·kh·kw + ky·kw + kx0 + t] <
+                                // wlen, a job-private vector.
+                                unsafe {
+                                    wgt_kernel(nt, nc)(
+                                        xp.as_ptr().add(ci * plan.l + ky * plan.w + kx0),
+                                        cin * plan.l,
+                                        dyi.as_ptr().add(co0 * p),
+                                        cout * p,
+                                        p,
+                                        gi,
+                                        plan.nvec,
+                                        plan.masks.as_ptr().add(kx0),
+                                        kw,
+                                        plan.tail,
+                                        acc.as_mut_ptr().add((co0 * cin + ci) * kh * kw + ky * kw + kx0),
+                                        cin * kh * kw,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            acc
+        };
+        let add = |mut a: Vec<f32>, b: Vec<f32>| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        };
+        if jobs > 1 && g.flops() >= PAR_MIN_FLOPS {
+            (0..jobs).into_par_iter().fold(|| vec![0.0f32; wlen], job).reduce(|| vec![0.0f32; wlen], add)
+        } else {
+            (0..jobs).fold(vec![0.0f32; wlen], job)
+        }
+    }
+
+    /// out[c·ocs + t] += Σ over images i < gi and pixels of dy[i][c][pixel] · x[i][pixel + tap t]
+    /// (tap t masked to its row), for C channels and T adjacent taps of one kernel row.
+    ///
+    /// # Safety
+    /// avx512f; the ranges described at the call in `backward_weight`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn wgt_block<const T: usize, const C: usize>(
+        xp: *const f32,
+        xs: usize,
+        dy: *const f32,
+        dys: usize,
+        p: usize,
+        gi: usize,
+        nvec: usize,
+        masks: *const u16,
+        kw: usize,
+        tail: u16,
+        out: *mut f32,
+        ocs: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); T]; C];
+        for i in 0..gi {
+            for v in 0..nvec {
+                let dm = if v + 1 == nvec { tail } else { 0xffff };
+                // SAFETY (this block): offsets stay inside the ranges the caller vouched for.
+                unsafe {
+                    let xr = xp.add(i * xs + 16 * v);
+                    let mut xin = [_mm512_setzero_ps(); T];
+                    for t in 0..T {
+                        xin[t] = _mm512_maskz_loadu_ps(*masks.add(v * kw + t), xr.add(t));
+                    }
+                    let dr = dy.add(i * dys + 16 * v);
+                    for c in 0..C {
+                        let d = _mm512_maskz_loadu_ps(dm, dr.add(c * p));
+                        for t in 0..T {
+                            acc[c][t] = _mm512_fmadd_ps(xin[t], d, acc[c][t]);
+                        }
+                    }
+                }
+            }
+        }
+        for c in 0..C {
+            for t in 0..T {
+                // SAFETY: out[c·ocs + t] is inside the caller's accumulator.
+                unsafe { *out.add(c * ocs + t) += _mm512_reduce_add_ps(acc[c][t]) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,6 +1221,75 @@ mod tests {
             row_adder()(&mut a, &dense, rows, w, wide);
             add_rows_portable(&mut b, &dense, rows, w, wide);
             assert_eq!(a, b, "add, width {w}");
+        }
+    }
+
+    /// The direct AVX-512 path (when the CPU has it) against the naive reference, and against
+    /// the portable tiled path, on odd widths (not multiples of 16, and wider than 16), odd
+    /// channel counts around the block sizes, batch 1, 3x3/5x5/3x5/7x7 kernels, pads 1/2/3 and
+    /// vertical pads other than k/2.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn direct_matches_naive_and_portable() {
+        let mut cases = vec![
+            geom(1, 3, 7, 5, 7, 3, 1, 1, 1),
+            geom(2, 5, 9, 17, 13, 3, 1, 1, 1),
+            geom(3, 16, 8, 8, 16, 3, 1, 1, 1),
+            geom(1, 7, 11, 33, 9, 5, 1, 2, 1),
+            geom(2, 4, 5, 5, 3, 7, 1, 3, 1),
+            geom(1, 2, 1, 1, 1, 3, 1, 1, 1),
+            geom(2, 9, 20, 4, 6, 3, 1, 1, 1),
+        ];
+        // 3x5 kernel, pad (0, 2): height shrinks; 5x3, pad (4, 1): height grows.
+        let mut a = geom(2, 3, 6, 13, 8, 3, 1, 1, 1);
+        (a.kh, a.kw, a.pad, a.h_out) = (3, 5, (0, 2), 4);
+        let mut b = geom(1, 5, 4, 10, 7, 3, 1, 1, 1);
+        (b.kh, b.kw, b.pad, b.h_out) = (5, 3, (4, 1), 8);
+        cases.extend([a, b]);
+        for g in &cases {
+            if !direct::applies(g) {
+                assert!(!has_avx512(), "{g:?} should take the direct path");
+                return;
+            }
+            let s = Sizes::of(g);
+            let x = vals(g.n * g.c_in * g.h * g.w, 11);
+            let w = vals(g.c_out * s.kk, 12);
+            let dy = vals(g.n * g.c_out * s.p, 13);
+            let (y, dx, dw) = naive(&x, &w, &dy, g);
+            let what = format!("{g:?}");
+            let fy = direct::forward(&x, &w, g);
+            let fdx = direct::backward_data(&dy, &w, g);
+            let fdw = direct::backward_weight(&x, &dy, g);
+            close(&fy, &y, &format!("{what} forward"));
+            close(&fdx, &dx, &format!("{what} backward data"));
+            close(&fdw, &dw, &format!("{what} backward weight"));
+            let t = tile_rows(s.kk, g.h_out, g.w_out);
+            let port = |a: &[f32], b: &[f32], name: &str| {
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{what} {name} vs portable at {i}: {u} vs {v}");
+                }
+            };
+            port(&fy, &conv2d_tiled(&x, &w, g, t), "forward");
+            port(&fdx, &backward_data_tiled(&dy, &w, g, t), "backward data");
+            port(&fdw, &backward_weight_tiled(&x, &dy, g, t), "backward weight");
+        }
+    }
+
+    /// Batch 64 resnet shape through the public entry points: parallel jobs, multi-image
+    /// weight-gradient groups.
+    #[test]
+    fn resnet_shape_matches_naive() {
+        let g = geom(8, 16, 8, 8, 24, 3, 1, 1, 1);
+        let s = Sizes::of(&g);
+        let x = vals(g.n * g.c_in * g.h * g.w, 14);
+        let w = vals(g.c_out * s.kk, 15);
+        let dy = vals(g.n * g.c_out * s.p, 16);
+        let (y, dx, dw) = naive(&x, &w, &dy, &g);
+        close(&conv2d(&x, &w, &g).unwrap(), &y, "forward");
+        close(&conv2d_backward_data(&dy, &w, &g).unwrap(), &dx, "backward data");
+        let got = conv2d_backward_weight(&x, &dy, &g).unwrap();
+        for (a, b) in got.iter().zip(&dw) {
+            assert!((*a as f64 - b).abs() <= 1e-3 * (1.0 + b.abs()), "dw {a} vs {b}");
         }
     }
 
