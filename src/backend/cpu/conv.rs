@@ -1128,16 +1128,38 @@ pub(super) mod wgt3 {
             with_scratch(cin * plane + p * coutp, |buf| {
                 let (xpw, dyt) = buf.split_at_mut(cin * plane);
                 // Zero-padded input planes.
+                let (py, px) = g.pad;
                 for (ci, pl) in xpw.chunks_exact_mut(plane).enumerate() {
-                    pl.fill(0.0);
+                    pl[..py * wp].fill(0.0);
+                    pl[(py + g.h) * wp..].fill(0.0);
                     let src = &x[(img * cin + ci) * hw..][..hw];
-                    for (r, row) in src.chunks_exact(g.w).enumerate() {
-                        pl[(r + g.pad.0) * wp + g.pad.1..][..g.w].copy_from_slice(row);
+                    for (row, dst) in src.chunks_exact(g.w).zip(pl[py * wp..].chunks_exact_mut(wp)) {
+                        dst[..px].fill(0.0);
+                        dst[px..px + g.w].copy_from_slice(row);
+                        dst[px + g.w..].fill(0.0);
                     }
                 }
                 // dyᵀ [p][coutp], padding channels zero.
                 let dyi = &dy[img * cout * p..][..cout * p];
-                for (pi, row) in dyt.chunks_exact_mut(coutp).enumerate() {
+                let pfull = p / 16 * 16;
+                for co0 in (0..coutp).step_by(16) {
+                    let rows = 16.min(cout - co0.min(cout));
+                    for p0 in (0..pfull).step_by(16) {
+                        // SAFETY: avx512f (applies). Reads rows co0..co0+rows (< cout) of dyi,
+                        // pixels p0..p0+16 <= p; writes dyt rows p0..p0+16 (< p), lanes
+                        // co0..co0+16 <= coutp.
+                        unsafe {
+                            transpose16(
+                                dyi.as_ptr().add(co0 * p + p0),
+                                p,
+                                rows,
+                                dyt.as_mut_ptr().add(p0 * coutp + co0),
+                                coutp,
+                            )
+                        };
+                    }
+                }
+                for (pi, row) in dyt.chunks_exact_mut(coutp).enumerate().skip(pfull) {
                     for (co, d) in row[..cout].iter_mut().enumerate() {
                         *d = dyi[co * p + pi];
                     }
@@ -1188,6 +1210,48 @@ pub(super) mod wgt3 {
             }
         }
         dw
+    }
+
+    /// dst[j·ld + i] = src[i·ls + j] for i, j < 16, with src rows i >= rows read as zeros: a
+    /// 16x16 transpose in four rounds of two-source permutes, round b swapping row-index bit b
+    /// with column-index bit b.
+    ///
+    /// # Safety
+    /// avx512f; src rows i < rows hold 16 readable floats at src + i·ls; dst rows j < 16 hold 16
+    /// writable floats at dst + j·ld.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)]
+    pub(super) unsafe fn transpose16(src: *const f32, ls: usize, rows: usize, dst: *mut f32, ld: usize) {
+        let mut r = [_mm512_setzero_ps(); 16];
+        for i in 0..rows.min(16) {
+            // SAFETY: row i < rows is readable (caller).
+            r[i] = unsafe { _mm512_loadu_ps(src.add(i * ls)) };
+        }
+        for b in 0..4 {
+            let bit = 1 << b;
+            let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
+            for c in 0..16 {
+                if c & bit == 0 {
+                    (lo[c], hi[c]) = (c as i32, (c | bit) as i32);
+                } else {
+                    (lo[c], hi[c]) = (16 + (c ^ bit) as i32, 16 + c as i32);
+                }
+            }
+            // SAFETY: 16-element arrays, unaligned loads.
+            let (ilo, ihi) =
+                unsafe { (_mm512_loadu_si512(lo.as_ptr().cast()), _mm512_loadu_si512(hi.as_ptr().cast())) };
+            for i in 0..16 {
+                if i & bit == 0 {
+                    let (a, c) = (r[i], r[i | bit]);
+                    r[i] = _mm512_permutex2var_ps(a, ilo, c);
+                    r[i | bit] = _mm512_permutex2var_ps(a, ihi, c);
+                }
+            }
+        }
+        for j in 0..16 {
+            // SAFETY: row j < 16 of dst is writable (caller).
+            unsafe { _mm512_storeu_ps(dst.add(j * ld), r[j]) };
+        }
     }
 
     /// acc[(c·9 + ky·3 + kx)·ld + 16v ..] += Σ over output pixels of
@@ -1484,6 +1548,33 @@ mod tests {
             let dy = vals(g.n * g.c_out * s.p, 23);
             let (_, _, dw) = naive(&x, &w, &dy, g);
             close(&wgt3::backward_weight(&x, &dy, g), &dw, &format!("{g:?} wgt3"));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose16_matches_scalar() {
+        if !has_avx512() {
+            return;
+        }
+        let (ls, ld) = (19, 21);
+        let src: Vec<f32> = (0..16 * ls).map(|i| i as f32).collect();
+        for rows in [16, 5, 1] {
+            let mut dst = vec![-1.0f32; 16 * ld];
+            // SAFETY: avx512f checked; src holds 16 rows of ls >= 16 floats, dst 16 rows of ld.
+            unsafe { wgt3::transpose16(src.as_ptr(), ls, rows, dst.as_mut_ptr(), ld) };
+            for j in 0..16 {
+                for i in 0..ld {
+                    let want = if i >= 16 {
+                        -1.0
+                    } else if i < rows {
+                        src[i * ls + j]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(dst[j * ld + i], want, "rows {rows}: dst[{j}][{i}]");
+                }
+            }
         }
     }
 
