@@ -1116,7 +1116,14 @@ pub(super) mod wgt3 {
     use std::arch::x86_64::*;
 
     pub fn applies(g: &Conv2dGeom) -> bool {
-        has_avx512() && g.groups == 1 && g.kh == 3 && g.kw == 3 && g.n * g.c_in * g.c_out * g.h_out * g.w_out > 0
+        has_avx512()
+            && g.groups == 1
+            && g.kh == 3
+            && g.kw == 3
+            && g.n * g.c_in * g.c_out * g.h_out * g.w_out > 0
+            // Per-image scratch (padded input and dyᵀ) within 4 MiB.
+            && g.c_in * (g.h + 2 * g.pad.0) * (g.w + 2 * g.pad.1) + g.h_out * g.w_out * g.c_out.next_multiple_of(16)
+                <= 1 << 20
     }
 
     /// dw [c_out, c_in, 3, 3] from x and dy.
@@ -1333,19 +1340,31 @@ pub(super) mod fwdc {
     /// Pixels per kernel call (along one output row).
     const NP: usize = 8;
 
+    /// Whether the kernel computes this conv correctly (every groups-1 conv, given AVX-512).
+    pub fn supports(g: &Conv2dGeom) -> bool {
+        has_avx512() && g.groups == 1
+    }
+
+    /// Whether it should: `supports` plus the shapes where it beats the GEMM path.
     pub fn applies(g: &Conv2dGeom) -> bool {
         has_avx512()
             && g.groups == 1
             && (g.stride.1 == 1 || g.stride.1 == 2)
             && g.n * g.c_in * g.c_out * g.h_out * g.w_out > 0
             && g.c_in >= 4
+            // Lanes are output channels: at most a quarter of them padding.
+            && 4 * g.c_out >= 3 * g.c_out.next_multiple_of(16)
+            // Per-image scratch (padded input and yᵀ) within 4 MiB floats-wise; bigger maps
+            // stream better through the tiled GEMM.
+            && g.c_in * (g.h + 2 * g.pad.0) * (g.w + 2 * g.pad.1) + g.h_out * g.w_out * g.c_out.next_multiple_of(16)
+                <= 1 << 20
             // 1x1 stride-1 unpadded convs are plain GEMMs on the input planes.
             && !(g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0))
     }
 
     /// y [n, c_out, h_out, w_out] from x [n, c_in, h, w] and w [c_out, c_in, kh, kw].
     pub fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-        assert!(applies(g));
+        assert!(supports(g));
         let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
         let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
         let plane = hp * wp;
@@ -1521,17 +1540,27 @@ pub(super) mod bwdc {
     use crate::backend::Conv2dGeom;
     use std::arch::x86_64::*;
 
+    /// Whether the kernel computes this conv correctly (every groups-1 conv, given AVX-512).
+    pub fn supports(g: &Conv2dGeom) -> bool {
+        has_avx512() && g.groups == 1
+    }
+
+    /// Whether it should: `supports` plus the shapes where it beats the GEMM path.
     pub fn applies(g: &Conv2dGeom) -> bool {
         has_avx512()
             && g.groups == 1
             && g.n * g.c_in * g.c_out * g.h_out * g.w_out > 0
             && g.c_out >= 4
+            // Lanes are input channels: at most a quarter of them padding.
+            && 4 * g.c_in >= 3 * g.c_in.next_multiple_of(16)
+            // Per-image scratch (padded dxᵀ) within 4 MiB.
+            && (g.h + 2 * g.pad.0) * (g.w + 2 * g.pad.1) * g.c_in.next_multiple_of(16) <= 1 << 20
             && !(g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0))
     }
 
     /// dx [n, c_in, h, w] from dy [n, c_out, h_out, w_out] and w [c_out, c_in, kh, kw].
     pub fn backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-        assert!(applies(g));
+        assert!(supports(g));
         let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
         let (sy, sx) = g.stride;
         let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
@@ -1961,7 +1990,7 @@ mod tests {
             geom(2, 8, 35, 35, 48, 3, 2, 1, 1),
         ];
         for g in &cases {
-            if !fwdc::applies(g) {
+            if !fwdc::supports(g) {
                 assert!(!has_avx512(), "{g:?} should take the fwdc path");
                 return;
             }
@@ -1990,7 +2019,7 @@ mod tests {
             geom(2, 48, 34, 34, 8, 3, 2, 1, 1),
         ];
         for g in &cases {
-            if !bwdc::applies(g) {
+            if !bwdc::supports(g) {
                 assert!(!has_avx512(), "{g:?} should take the bwdc path");
                 return;
             }
