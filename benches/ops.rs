@@ -118,5 +118,55 @@ fn bench_conv(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_conv);
+/// CPU time this thread has run, in seconds (from the scheduler's own accounting, so it does
+/// not count time spent waiting for a core while other processes run).
+fn thread_cpu_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN) * 1e-9
+}
+
+/// With `CONV_CPUTIME=1`: the resnet conv shapes on one rayon thread, timed by that thread's
+/// CPU time (best of 5 runs of >= 0.2 s), so the figures hold up while other builds share the
+/// cores. Prints GFLOP/s per core (the peak is ~112); criterion's own timing is skipped.
+fn bench_conv_cputime(_c: &mut Criterion) {
+    if std::env::var_os("CONV_CPUTIME").is_none() {
+        return;
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let cases = [
+        ("r56_16x32x32_b64", conv_geom(64, 16, 32, 16, 3, 1, 1, 1)),
+        ("r56_32x16x16_b64", conv_geom(64, 32, 16, 32, 3, 1, 1, 1)),
+        ("r56_64x8x8_b64", conv_geom(64, 64, 8, 64, 3, 1, 1, 1)),
+        ("first_3to16x32x32_b64", conv_geom(64, 3, 32, 16, 3, 1, 1, 1)),
+        ("s2_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..conv_geom(64, 16, 32, 32, 3, 2, 1, 1) }),
+        ("ds1x1_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..conv_geom(64, 16, 32, 32, 1, 2, 0, 1) }),
+    ];
+    pool.install(|| {
+        for (name, g) in cases {
+            let x = data(g.n * g.c_in * g.h * g.w);
+            let w = data(g.c_out * (g.c_in / g.groups) * g.kh * g.kw);
+            let dy = data(g.n * g.c_out * g.h_out * g.w_out);
+            let ops: [(&str, &dyn Fn() -> Vec<f32>); 3] = [
+                ("fwd", &|| conv::conv2d(black_box(&x), black_box(&w), &g).unwrap()),
+                ("bwd_data", &|| conv::conv2d_backward_data(black_box(&dy), black_box(&w), &g).unwrap()),
+                ("bwd_weight", &|| conv::conv2d_backward_weight(black_box(&x), black_box(&dy), &g).unwrap()),
+            ];
+            for (op, f) in ops {
+                black_box(f());
+                let mut best = f64::INFINITY;
+                for _ in 0..5 {
+                    let (t0, mut iters) = (thread_cpu_secs(), 0);
+                    while thread_cpu_secs() - t0 < 0.2 {
+                        black_box(f());
+                        iters += 1;
+                    }
+                    best = best.min((thread_cpu_secs() - t0) / iters as f64);
+                }
+                println!("cputime {op:>10} {name:<24} {:7.1} GFLOP/s/core", g.flops() / best * 1e-9);
+            }
+        }
+    });
+}
+
+criterion_group!(benches, bench_gemm, bench_conv, bench_conv_cputime);
 criterion_main!(benches);

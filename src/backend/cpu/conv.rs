@@ -1,6 +1,7 @@
-//! Conv2d on the CPU: tiled im2col + GEMM, 1x1 stride-1 unpadded convs straight to GEMM, and
-//! convs with one input channel per group (depthwise, with or without a channel multiplier) as
-//! direct loops.
+//! Conv2d on the CPU: a direct AVX-512 kernel for stride-1 convs that keep the width (3x3 pad 1
+//! and the like; see `direct`), otherwise tiled im2col + GEMM, 1x1 stride-1 unpadded convs
+//! straight to GEMM, and convs with one input channel per group (depthwise, with or without a
+//! channel multiplier) as direct loops.
 //!
 //! Layout of the GEMMs, per image and group (P = output pixels, K = c_in/groups·kh·kw):
 //! - forward: yᵀ[P x c_out] = colᵀ[P x K] · Wᵀ[K x c_out]. The column buffer is [K][tile] and
@@ -343,18 +344,44 @@ fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
 
 /// y [n, c_out, h_out, w_out] = conv(x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw]).
 pub fn conv2d(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if direct::applies(g) {
+        return Ok(direct::forward(x, w, g));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fwdc::applies(g) {
+        return Ok(fwdc::forward(x, w, g));
+    }
     let s = Sizes::of(g);
     Ok(conv2d_tiled(x, w, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
 
 /// dx [n, c_in, h, w] from dy [n, c_out, h_out, w_out] and w.
 pub fn conv2d_backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if direct::applies(g) {
+        return Ok(direct::backward_data(dy, w, g));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bwdc::applies(g) {
+        return Ok(bwdc::backward_data(dy, w, g));
+    }
     let s = Sizes::of(g);
     Ok(backward_data_tiled(dy, w, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
 
 /// dw [c_out, c_in/groups, kh, kw] from x and dy.
 pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    // With few input channels the per-image transpose of dy dominates wgt3; the pixel-lane
+    // kernel of `direct` needs none (first conv 3->16: ~60 vs ~34 GFLOP/s per core).
+    #[cfg(target_arch = "x86_64")]
+    if wgt3::applies(g) && !(g.c_in < 8 && direct::applies(g)) {
+        return Ok(wgt3::backward_weight(x, dy, g));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if direct::applies(g) {
+        return Ok(direct::backward_weight(x, dy, g));
+    }
     let s = Sizes::of(g);
     Ok(backward_weight_tiled(x, dy, g, tile_rows(s.kk, g.h_out, g.w_out)))
 }
@@ -636,6 +663,1051 @@ fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom, s: &Sizes) -
     dw
 }
 
+// ---- direct AVX-512 convolution for stride-1 "same-width" convs (3x3 pad 1 and the like) ----
+
+/// Direct convolution for stride-1, groups-1 convs whose output rows are as wide as the input
+/// (kw = 2·pad_x + 1), e.g. every 3x3 pad-1 conv of a CIFAR ResNet. Pixels are taken 16 at a
+/// time in flattened (row, column) order: with equal input and output widths, tap (ky, kx) of
+/// output pixel p reads input pixel p + ky·w + kx of a plane padded by pad_y rows plus pad_x
+/// floats in front, so one unaligned load per 16 pixels serves every tap; lanes whose column
+/// would leave the row (and wrap into the neighbouring one) are masked to zero. No column
+/// buffer: each input float is copied once (into the padded plane) instead of kh·kw times.
+///
+/// Backward data of such a conv is the same kind of conv (dy with the spatially flipped,
+/// channel-transposed weights, padding k−1−pad), so it runs on the same kernel. Backward
+/// weight reduces over pixels: per (output channel, tap) a 16-lane partial sum, reduced at
+/// the end of each job.
+#[cfg(target_arch = "x86_64")]
+mod direct {
+    use super::{has_avx512, run_jobs, with_scratch, SendPtr, PAR_MIN_FLOPS};
+    use crate::backend::Conv2dGeom;
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+
+    /// Pixel vectors (of 16) per forward block.
+    const NV: usize = 4;
+    /// Output channels per forward block: NV·NC accumulators plus NV inputs and one broadcast
+    /// weight fit the 32 zmm registers.
+    const NC: usize = 6;
+    /// Output channels per backward-weight block, times up to 3 taps of one kernel row.
+    const WC: usize = 6;
+    const WT: usize = 3;
+
+    /// Whether the direct path handles this conv (and the CPU has AVX-512).
+    pub fn applies(g: &Conv2dGeom) -> bool {
+        has_avx512()
+            && g.groups == 1
+            && g.stride == (1, 1)
+            && !(g.kh == 1 && g.kw == 1)
+            && g.kw == 2 * g.pad.1 + 1
+            && g.pad.0 < g.kh
+            && g.w_out == g.w
+            && g.h + 2 * g.pad.0 + 1 == g.h_out + g.kh
+            && g.n * g.c_in * g.c_out * g.h_out * g.w > 0
+    }
+
+    /// Padded planes and per-vector column masks of one "same-width" conv of an h_in x w input
+    /// into h_out x w outputs.
+    struct Plan {
+        w: usize,
+        kh: usize,
+        kw: usize,
+        hw_in: usize,
+        /// Output pixels per channel.
+        p: usize,
+        /// Zero floats in front of each padded plane: pad_y·w + pad_x.
+        front: usize,
+        /// Floats per padded plane (covers the last vector's over-read).
+        l: usize,
+        /// Pixel vectors per channel: ceil(p / 16).
+        nvec: usize,
+        /// masks[v·kw + kx]: lanes of vector v whose column stays in the row at tap kx.
+        masks: Vec<u16>,
+        /// tails[v]: lanes of vector v inside the p pixels (all but the last are full).
+        tails: Vec<u16>,
+    }
+
+    impl Plan {
+        fn new(h_in: usize, w: usize, h_out: usize, kh: usize, kw: usize, pad: (usize, usize)) -> Plan {
+            let p = h_out * w;
+            let nvec = p.div_ceil(16);
+            let l = (16 * nvec + (kh - 1) * w + kw - 1).next_multiple_of(16);
+            let mut masks = vec![0u16; nvec * kw];
+            for v in 0..nvec {
+                for kx in 0..kw {
+                    for j in 0..16 {
+                        let ox = ((16 * v + j) % w) as isize + kx as isize - pad.1 as isize;
+                        if ox >= 0 && ox < w as isize {
+                            masks[v * kw + kx] |= 1 << j;
+                        }
+                    }
+                }
+            }
+            let rem = p - 16 * (nvec - 1);
+            let mut tails = vec![0xffffu16; nvec];
+            tails[nvec - 1] = ((1u32 << rem) - 1) as u16;
+            Plan { w, kh, kw, hw_in: h_in * w, p, front: pad.0 * w + pad.1, l, nvec, masks, tails }
+        }
+
+        /// dst [c][l] = the c input planes src [c][h_in·w] between zeros.
+        fn pad(&self, src: &[f32], dst: &mut [f32]) {
+            for (plane, s) in dst.chunks_exact_mut(self.l).zip(src.chunks_exact(self.hw_in)) {
+                plane[..self.front].fill(0.0);
+                plane[self.front..self.front + self.hw_in].copy_from_slice(s);
+                plane[self.front + self.hw_in..].fill(0.0);
+            }
+        }
+    }
+
+    /// Weights reordered for the forward kernel: per block of up to NC output channels
+    /// (block starting at co0 stored at co0·cin·kh·kw), [kx][ci][ky][c]. `at(co, ci, ky, kx)`
+    /// reads the logical weight.
+    fn reorder(
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        at: impl Fn(usize, usize, usize, usize) -> f32,
+    ) -> Vec<f32> {
+        let mut out = Vec::with_capacity(cout * cin * kh * kw);
+        for co0 in (0..cout).step_by(NC) {
+            let nc = NC.min(cout - co0);
+            for kx in 0..kw {
+                for ci in 0..cin {
+                    for ky in 0..kh {
+                        for c in 0..nc {
+                            out.push(at(co0 + c, ci, ky, kx));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Forward: y [n, c_out, h_out, w] from x [n, c_in, h, w] and w [c_out, c_in, kh, kw].
+    pub fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        let (cin, k) = (g.c_in, g.kh * g.kw);
+        let wb = reorder(g.c_out, cin, g.kh, g.kw, |co, ci, ky, kx| w[(co * cin + ci) * k + ky * g.kw + kx]);
+        let plan = Plan::new(g.h, g.w, g.h_out, g.kh, g.kw, g.pad);
+        same_conv(x, g.n, cin, &wb, g.c_out, &plan, g.flops())
+    }
+
+    /// Backward data: dx [n, c_in, h, w] from dy and w, as the conv of dy with the flipped,
+    /// transposed weights (padding kh−1−pad_y, kw−1−pad_x keeps the widths equal).
+    pub fn backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
+        let wb =
+            reorder(cin, cout, kh, kw, |ci, co, ky, kx| w[((co * cin + ci) * kh + kh - 1 - ky) * kw + kw - 1 - kx]);
+        let plan = Plan::new(g.h_out, g.w, g.h, kh, kw, (kh - 1 - g.pad.0, kw - 1 - g.pad.1));
+        same_conv(dy, g.n, cout, &wb, cin, &plan, g.flops())
+    }
+
+    type FwdKernel =
+        unsafe fn(*const f32, usize, usize, usize, usize, usize, *const f32, *const u16, *mut f32, usize, usize);
+
+    /// The forward kernel for nv pixel vectors and nc output channels (1 <= nv <= NV, 1 <= nc <= NC).
+    fn fwd_kernel(nv: usize, nc: usize) -> FwdKernel {
+        macro_rules! by_nc {
+            ($v:literal) => {
+                match nc {
+                    1 => fwd_block::<$v, 1>,
+                    2 => fwd_block::<$v, 2>,
+                    3 => fwd_block::<$v, 3>,
+                    4 => fwd_block::<$v, 4>,
+                    5 => fwd_block::<$v, 5>,
+                    _ => fwd_block::<$v, 6>,
+                }
+            };
+        }
+        match nv {
+            1 => by_nc!(1),
+            2 => by_nc!(2),
+            3 => by_nc!(3),
+            _ => by_nc!(4),
+        }
+    }
+
+    /// out [n, cout, plan.p] = conv of inp [n, cin, plan.hw_in] with blocked weights wb.
+    fn same_conv(inp: &[f32], n: usize, cin: usize, wb: &[f32], cout: usize, plan: &Plan, flops: f64) -> Vec<f32> {
+        assert!(has_avx512() && inp.len() == n * cin * plan.hw_in && wb.len() == cout * cin * plan.kh * plan.kw);
+        let p = plan.p;
+        let len = n * cout * p;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let op = SendPtr(out.as_mut_ptr());
+        let k = cin * plan.kh * plan.kw;
+        run_jobs(n, flops, |img| {
+            with_scratch(cin * plan.l, |xp| {
+                plan.pad(&inp[img * cin * plan.hw_in..][..cin * plan.hw_in], xp);
+                for co0 in (0..cout).step_by(NC) {
+                    let nc = NC.min(cout - co0);
+                    for v0 in (0..plan.nvec).step_by(NV) {
+                        let nv = NV.min(plan.nvec - v0);
+                        let kern = fwd_kernel(nv, nc);
+                        let nstore = p - 16 * v0;
+                        // SAFETY: avx512f was checked (assert above). Loads: vector v < nv of
+                        // tap (ci, ky, kx) reads xp[ci·l + 16(v0+v) + ky·w + kx .. +16], below
+                        // ci·l + 16·nvec + (kh−1)·w + kw − 1 <= (ci+1)·l, inside xp's cin·l;
+                        // weights read wb[co0·k .. (co0+nc)·k]; masks[(v0+v)·kw + kx] exists.
+                        // Stores: channels co0..co0+nc, pixels 16·v0 .. min(p, 16(v0+nv)) of
+                        // image img, inside out's capacity n·cout·p and written by this job only.
+                        unsafe {
+                            kern(
+                                xp.as_ptr().add(16 * v0),
+                                plan.l,
+                                cin,
+                                plan.kh,
+                                plan.kw,
+                                plan.w,
+                                wb.as_ptr().add(co0 * k),
+                                plan.masks.as_ptr().add(v0 * plan.kw),
+                                op.get().add((img * cout + co0) * p + 16 * v0),
+                                p,
+                                nstore,
+                            )
+                        }
+                    }
+                }
+            })
+        });
+        // SAFETY: the blocks of every image cover all cout channels and all p pixels, and the
+        // kernel stores every one of them.
+        unsafe { out.set_len(len) };
+        out
+    }
+
+    /// acc[v][c] = Σ over (kx, ci, ky) of x[v-th vector shifted by ky·w + kx, masked] · w[c];
+    /// stores the first `nstore` pixels of each of the NC channels (channel stride p).
+    ///
+    /// # Safety
+    /// avx512f; the pointer ranges described at the call in `same_conv`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn fwd_block<const V: usize, const C: usize>(
+        xp: *const f32,
+        l: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        w: usize,
+        wb: *const f32,
+        masks: *const u16,
+        y: *mut f32,
+        p: usize,
+        nstore: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; V];
+        for kx in 0..kw {
+            let mut m = [0u16; V];
+            for (v, mv) in m.iter_mut().enumerate() {
+                // SAFETY: masks holds V·kw entries for these vectors (caller).
+                *mv = unsafe { *masks.add(v * kw + kx) };
+            }
+            // SAFETY (this block): offsets stay inside the ranges the caller vouched for.
+            unsafe {
+                let mut wp = wb.add(kx * cin * kh * C);
+                for ci in 0..cin {
+                    let mut xr = xp.add(ci * l + kx);
+                    for _ in 0..kh {
+                        let mut xin = [_mm512_setzero_ps(); V];
+                        for v in 0..V {
+                            xin[v] = _mm512_maskz_loadu_ps(m[v], xr.add(16 * v));
+                        }
+                        for c in 0..C {
+                            let wv = _mm512_set1_ps(*wp.add(c));
+                            for v in 0..V {
+                                acc[v][c] = _mm512_fmadd_ps(xin[v], wv, acc[v][c]);
+                            }
+                        }
+                        wp = wp.add(C);
+                        xr = xr.add(w);
+                    }
+                }
+            }
+        }
+        for v in 0..V {
+            let rem = nstore.saturating_sub(16 * v).min(16);
+            let mask = ((1u32 << rem) - 1) as u16;
+            for c in 0..C {
+                // SAFETY: the first min(16, nstore − 16v) pixels of channel c of this vector
+                // are inside the caller's output block.
+                unsafe {
+                    let d = y.add(c * p + 16 * v);
+                    if rem == 16 {
+                        _mm512_storeu_ps(d, acc[v][c]);
+                    } else if rem > 0 {
+                        _mm512_mask_storeu_ps(d, mask, acc[v][c]);
+                    }
+                }
+            }
+        }
+    }
+
+    type WgtKernel = unsafe fn(
+        *const f32,
+        usize,
+        *const f32,
+        usize,
+        usize,
+        usize,
+        usize,
+        *const u16,
+        usize,
+        *const u16,
+        *mut f32,
+        usize,
+    );
+
+    fn wgt_kernel(nt: usize, nc: usize) -> WgtKernel {
+        macro_rules! by_nc {
+            ($t:literal) => {
+                match nc {
+                    1 => wgt_block::<$t, 1>,
+                    2 => wgt_block::<$t, 2>,
+                    3 => wgt_block::<$t, 3>,
+                    4 => wgt_block::<$t, 4>,
+                    5 => wgt_block::<$t, 5>,
+                    6 => wgt_block::<$t, 6>,
+                    7 => wgt_block::<$t, 7>,
+                    _ => wgt_block::<$t, 8>,
+                }
+            };
+        }
+        match nt {
+            1 => by_nc!(1),
+            2 => by_nc!(2),
+            _ => by_nc!(3),
+        }
+    }
+
+    /// Backward weight: dw [c_out, c_in, kh, kw] from x and dy.
+    pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        assert!(has_avx512());
+        let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
+        let plan = Plan::new(g.h, g.w, g.h_out, kh, kw, g.pad);
+        let p = plan.p;
+        assert!(x.len() == g.n * cin * plan.hw_in && dy.len() == g.n * cout * p);
+        let wlen = cout * cin * kh * kw;
+        // Images per job: enough pixels that the horizontal sums at the end are amortized.
+        let gimg = 1024usize.div_ceil(p).clamp(1, g.n.div_ceil(rayon::current_num_threads()).max(1));
+        let jobs = g.n.div_ceil(gimg);
+        let job = |mut acc: Vec<f32>, job: usize| -> Vec<f32> {
+            let i0 = job * gimg;
+            let gi = gimg.min(g.n - i0);
+            with_scratch(gi * cin * plan.l, |xp| {
+                plan.pad(&x[i0 * cin * plan.hw_in..][..gi * cin * plan.hw_in], xp);
+                let dyi = &dy[i0 * cout * p..][..gi * cout * p];
+                for co0 in (0..cout).step_by(WC) {
+                    let nc = WC.min(cout - co0);
+                    for ci in 0..cin {
+                        for ky in 0..kh {
+                            for kx0 in (0..kw).step_by(WT) {
+                                let nt = WT.min(kw - kx0);
+                                // SAFETY: avx512f asserted. x loads: image i < gi, vector v <
+                                // nvec, tap kx0 + t reads xp[(i·cin + ci)·l + ky·w + kx0 + t +
+                                // 16v .. +16], inside plane (i·cin + ci) as in same_conv. dy
+                                // loads: channel co0 + c < cout, pixels 16v.. masked to < p.
+                                // Writes acc[((co0 + c)·cin + ci)·kh·kw + ky·kw + kx0 + t] <
+                                // wlen, a job-private vector.
+                                unsafe {
+                                    wgt_kernel(nt, nc)(
+                                        xp.as_ptr().add(ci * plan.l + ky * plan.w + kx0),
+                                        cin * plan.l,
+                                        dyi.as_ptr().add(co0 * p),
+                                        cout * p,
+                                        p,
+                                        gi,
+                                        plan.nvec,
+                                        plan.masks.as_ptr().add(kx0),
+                                        kw,
+                                        plan.tails.as_ptr(),
+                                        acc.as_mut_ptr().add((co0 * cin + ci) * kh * kw + ky * kw + kx0),
+                                        cin * kh * kw,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            acc
+        };
+        let add = |mut a: Vec<f32>, b: Vec<f32>| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        };
+        if jobs > 1 && g.flops() >= PAR_MIN_FLOPS {
+            (0..jobs).into_par_iter().fold(|| vec![0.0f32; wlen], job).reduce(|| vec![0.0f32; wlen], add)
+        } else {
+            (0..jobs).fold(vec![0.0f32; wlen], job)
+        }
+    }
+
+    /// out[c·ocs + t] += Σ over images i < gi and pixels of dy[i][c][pixel] · x[i][pixel + tap t]
+    /// (tap t masked to its row), for C channels and T adjacent taps of one kernel row.
+    ///
+    /// # Safety
+    /// avx512f; the ranges described at the call in `backward_weight`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn wgt_block<const T: usize, const C: usize>(
+        xp: *const f32,
+        xs: usize,
+        dy: *const f32,
+        dys: usize,
+        p: usize,
+        gi: usize,
+        nvec: usize,
+        masks: *const u16,
+        kw: usize,
+        tails: *const u16,
+        out: *mut f32,
+        ocs: usize,
+    ) {
+        // Flat, sized for the largest block: LLVM keeps some elements of a nested [[_; T]; C]
+        // array in memory.
+        let mut acc = [_mm512_setzero_ps(); WC * WT];
+        // One flat loop over (image, vector): nested loops (or a test for the last vector)
+        // make LLVM keep part of the accumulators in memory.
+        let (mut v, mut xb, mut db) = (0, xp, dy);
+        for _ in 0..gi * nvec {
+            // SAFETY (this block): offsets stay inside the ranges the caller vouched for.
+            unsafe {
+                let dm = *tails.add(v);
+                let xr = xb.add(16 * v);
+                let mut xin = [_mm512_setzero_ps(); T];
+                for t in 0..T {
+                    xin[t] = _mm512_maskz_loadu_ps(*masks.add(v * kw + t), xr.add(t));
+                }
+                let dr = db.add(16 * v);
+                for c in 0..C {
+                    let d = _mm512_maskz_loadu_ps(dm, dr.add(c * p));
+                    for t in 0..T {
+                        acc[c * T + t] = _mm512_fmadd_ps(xin[t], d, acc[c * T + t]);
+                    }
+                }
+                v += 1;
+                if v == nvec {
+                    v = 0;
+                    xb = xb.wrapping_add(xs);
+                    db = db.wrapping_add(dys);
+                }
+            }
+        }
+        for c in 0..C {
+            for t in 0..T {
+                // SAFETY: out[c·ocs + t] is inside the caller's accumulator.
+                unsafe { *out.add(c * ocs + t) += _mm512_reduce_add_ps(acc[c * T + t]) };
+            }
+        }
+    }
+}
+
+/// Backward weight of 3x3 groups-1 convs (any stride and padding), vectorized over output
+/// channels: dwᵀ[(ci, ky, kx)][co] += x_pad[ci][oy·sy + ky][ox·sx + kx] · dyᵀ[(oy, ox)][co],
+/// with dy transposed per image into [pixel][co] (co padded to 16 or 32) so one broadcast input
+/// float feeds 1 or 2 full vectors of output channels. The other layout (pixels in lanes) needs
+/// two vector loads per FMA, which Zen 4's load ports cannot sustain.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod wgt3 {
+    use super::{has_avx512, with_scratch, PAR_MIN_FLOPS};
+    use crate::backend::Conv2dGeom;
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+
+    pub fn applies(g: &Conv2dGeom) -> bool {
+        has_avx512()
+            && g.groups == 1
+            && g.kh == 3
+            && g.kw == 3
+            && g.n * g.c_in * g.c_out * g.h_out * g.w_out > 0
+            // Per-image scratch (padded input and dyᵀ) within 4 MiB.
+            && g.c_in * (g.h + 2 * g.pad.0) * (g.w + 2 * g.pad.1) + g.h_out * g.w_out * g.c_out.next_multiple_of(16)
+                <= 1 << 20
+    }
+
+    /// dw [c_out, c_in, 3, 3] from x and dy.
+    pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        assert!(applies(g));
+        let (cin, cout) = (g.c_in, g.c_out);
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let plane = hp * wp;
+        let p = g.h_out * g.w_out;
+        // Output channels per kernel pass: 32 (two vectors, 9 taps of one ci) or 16 (one
+        // vector, 9 taps of two ci) when fewer than 32 remain.
+        let coutp = cout.next_multiple_of(16);
+        let k = cin * 9;
+        let dwt_len = k * coutp;
+        let hw = g.h * g.w;
+        let job = |mut acc: Vec<f32>, img: usize| -> Vec<f32> {
+            with_scratch(cin * plane + p * coutp, |buf| {
+                let (xpw, dyt) = buf.split_at_mut(cin * plane);
+                // Zero-padded input planes.
+                let (py, px) = g.pad;
+                for (ci, pl) in xpw.chunks_exact_mut(plane).enumerate() {
+                    pl[..py * wp].fill(0.0);
+                    pl[(py + g.h) * wp..].fill(0.0);
+                    let src = &x[(img * cin + ci) * hw..][..hw];
+                    for (row, dst) in src.chunks_exact(g.w).zip(pl[py * wp..].chunks_exact_mut(wp)) {
+                        dst[..px].fill(0.0);
+                        dst[px..px + g.w].copy_from_slice(row);
+                        dst[px + g.w..].fill(0.0);
+                    }
+                }
+                // dyᵀ [p][coutp], padding channels zero.
+                let dyi = &dy[img * cout * p..][..cout * p];
+                let pfull = p / 16 * 16;
+                for co0 in (0..coutp).step_by(16) {
+                    let rows = 16.min(cout - co0.min(cout));
+                    for p0 in (0..pfull).step_by(16) {
+                        // SAFETY: avx512f (applies). Reads rows co0..co0+rows (< cout) of dyi,
+                        // pixels p0..p0+16 <= p; writes dyt rows p0..p0+16 (< p), lanes
+                        // co0..co0+16 <= coutp.
+                        unsafe {
+                            transpose16(
+                                dyi.as_ptr().add(co0 * p + p0),
+                                p,
+                                rows,
+                                dyt.as_mut_ptr().add(p0 * coutp + co0),
+                                coutp,
+                            )
+                        };
+                    }
+                }
+                for (pi, row) in dyt.chunks_exact_mut(coutp).enumerate().skip(pfull) {
+                    for (co, d) in row[..cout].iter_mut().enumerate() {
+                        *d = dyi[co * p + pi];
+                    }
+                    row[cout..].fill(0.0);
+                }
+                let mut co0 = 0;
+                while co0 < coutp {
+                    let two = coutp - co0 >= 32;
+                    let ci_step = if two { 1 } else { 2 };
+                    let mut ci = 0;
+                    while ci < cin {
+                        let nci = ci_step.min(cin - ci);
+                        // SAFETY: avx512f (applies). x reads: channels ci..ci+nci, rows
+                        // oy·sy + ky <= (h_out−1)·sy + 2 < hp and columns ox·sx + kx < wp of
+                        // planes inside xpw. dyᵀ reads: rows < p, lanes co0..co0+16·cv <= coutp.
+                        // acc writes: rows ci·9 .. (ci+nci)·9 of dwᵀ, lanes as for dyᵀ; acc is
+                        // job-private.
+                        unsafe {
+                            let xb = xpw.as_ptr().add(ci * plane);
+                            let db = dyt.as_ptr().add(co0);
+                            let ab = acc.as_mut_ptr().add(ci * 9 * coutp + co0);
+                            match (two, nci) {
+                                (true, _) => kern::<1, 2>(xb, plane, wp, g, db, coutp, ab),
+                                (false, 2) => kern::<2, 1>(xb, plane, wp, g, db, coutp, ab),
+                                _ => kern::<1, 1>(xb, plane, wp, g, db, coutp, ab),
+                            }
+                        }
+                        ci += nci;
+                    }
+                    co0 += if two { 32 } else { 16 };
+                }
+            });
+            acc
+        };
+        let add = |mut a: Vec<f32>, b: Vec<f32>| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        };
+        let dwt = if g.n > 1 && g.flops() >= PAR_MIN_FLOPS {
+            (0..g.n).into_par_iter().fold(|| vec![0.0f32; dwt_len], job).reduce(|| vec![0.0f32; dwt_len], add)
+        } else {
+            (0..g.n).fold(vec![0.0f32; dwt_len], job)
+        };
+        let mut dw = vec![0.0f32; cout * k];
+        for (co, row) in dw.chunks_exact_mut(k).enumerate() {
+            for (kk, d) in row.iter_mut().enumerate() {
+                *d = dwt[kk * coutp + co];
+            }
+        }
+        dw
+    }
+
+    /// dst[j·ld + i] = src[i·ls + j] for i, j < 16, with src rows i >= rows read as zeros: a
+    /// 16x16 transpose in four rounds of two-source permutes, round b swapping row-index bit b
+    /// with column-index bit b.
+    ///
+    /// # Safety
+    /// avx512f; src rows i < rows hold 16 readable floats at src + i·ls; dst rows j < 16 hold 16
+    /// writable floats at dst + j·ld.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)]
+    pub(super) unsafe fn transpose16(src: *const f32, ls: usize, rows: usize, dst: *mut f32, ld: usize) {
+        let mut r = [_mm512_setzero_ps(); 16];
+        for i in 0..rows.min(16) {
+            // SAFETY: row i < rows is readable (caller).
+            r[i] = unsafe { _mm512_loadu_ps(src.add(i * ls)) };
+        }
+        for b in 0..4 {
+            let bit = 1 << b;
+            let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
+            for c in 0..16 {
+                if c & bit == 0 {
+                    (lo[c], hi[c]) = (c as i32, (c | bit) as i32);
+                } else {
+                    (lo[c], hi[c]) = (16 + (c ^ bit) as i32, 16 + c as i32);
+                }
+            }
+            // SAFETY: 16-element arrays, unaligned loads.
+            let (ilo, ihi) =
+                unsafe { (_mm512_loadu_si512(lo.as_ptr().cast()), _mm512_loadu_si512(hi.as_ptr().cast())) };
+            for i in 0..16 {
+                if i & bit == 0 {
+                    let (a, c) = (r[i], r[i | bit]);
+                    r[i] = _mm512_permutex2var_ps(a, ilo, c);
+                    r[i | bit] = _mm512_permutex2var_ps(a, ihi, c);
+                }
+            }
+        }
+        for j in 0..16 {
+            // SAFETY: row j < 16 of dst is writable (caller).
+            unsafe { _mm512_storeu_ps(dst.add(j * ld), r[j]) };
+        }
+    }
+
+    /// acc[(c·9 + ky·3 + kx)·ld + 16v ..] += Σ over output pixels of
+    /// x[c][oy·sy + ky][ox·sx + kx] · dyᵀ[pixel][16v ..], for c < NCI, v < CV.
+    ///
+    /// # Safety
+    /// avx512f; the ranges described at the call in `backward_weight`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn kern<const NCI: usize, const CV: usize>(
+        xb: *const f32,
+        plane: usize,
+        wp: usize,
+        g: &Conv2dGeom,
+        dyt: *const f32,
+        ld: usize,
+        acc: *mut f32,
+    ) {
+        let (sy, sx) = g.stride;
+        // Flat, sized for the largest block (NCI·9·CV <= 18): LLVM keeps nested arrays of
+        // vectors partly in memory.
+        let mut a = [_mm512_setzero_ps(); 18];
+        let mut d = dyt;
+        for oy in 0..g.h_out {
+            // SAFETY (this block): see the caller; every address stays in the ranges it lists.
+            unsafe {
+                let mut xr = xb.add(oy * sy * wp);
+                for _ in 0..g.w_out {
+                    let mut dv = [_mm512_setzero_ps(); CV];
+                    for v in 0..CV {
+                        dv[v] = _mm512_loadu_ps(d.add(16 * v));
+                    }
+                    for c in 0..NCI {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let xv = _mm512_set1_ps(*xr.add(c * plane + ky * wp + kx));
+                                for v in 0..CV {
+                                    let i = (c * 9 + ky * 3 + kx) * CV + v;
+                                    a[i] = _mm512_fmadd_ps(xv, dv[v], a[i]);
+                                }
+                            }
+                        }
+                    }
+                    xr = xr.add(sx);
+                    d = d.add(ld);
+                }
+            }
+        }
+        for t in 0..NCI * 9 {
+            for v in 0..CV {
+                // SAFETY: row t of this block of dwᵀ, lanes 16v.. inside the caller's range.
+                unsafe {
+                    let pa = acc.add(t * ld + 16 * v);
+                    _mm512_storeu_ps(pa, _mm512_add_ps(_mm512_loadu_ps(pa), a[t * CV + v]));
+                }
+            }
+        }
+    }
+}
+
+/// Forward of groups-1 convs the pixel-lane `direct` kernel does not take (stride 2, 1x1
+/// stride-2 downsampling), vectorized over output channels: yᵀ[pixel][co] = Σ over (ci, ky, kx)
+/// of x_pad[ci][oy·sy + ky][ox·sx + kx] (broadcast) · Wᵀ[(ci, ky, kx)][co] (1 or 2 vectors),
+/// for runs of up to 8 pixels of one output row; yᵀ is transposed back per image.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod fwdc {
+    use super::{has_avx512, run_jobs, with_scratch, SendPtr};
+    use crate::backend::Conv2dGeom;
+    use std::arch::x86_64::*;
+
+    /// Pixels per kernel call (along one output row).
+    const NP: usize = 8;
+
+    /// Whether the kernel computes this conv correctly (every groups-1 conv, given AVX-512).
+    pub fn supports(g: &Conv2dGeom) -> bool {
+        has_avx512() && g.groups == 1
+    }
+
+    /// Whether it should: `supports` plus the shapes where it beats the GEMM path.
+    pub fn applies(g: &Conv2dGeom) -> bool {
+        has_avx512()
+            && g.groups == 1
+            && (g.stride.1 == 1 || g.stride.1 == 2)
+            && g.n * g.c_in * g.c_out * g.h_out * g.w_out > 0
+            && g.c_in >= 4
+            // Lanes are output channels: at most a quarter of them padding.
+            && 4 * g.c_out >= 3 * g.c_out.next_multiple_of(16)
+            // Per-image scratch (padded input and yᵀ) within 4 MiB floats-wise; bigger maps
+            // stream better through the tiled GEMM.
+            && g.c_in * (g.h + 2 * g.pad.0) * (g.w + 2 * g.pad.1) + g.h_out * g.w_out * g.c_out.next_multiple_of(16)
+                <= 1 << 20
+            // 1x1 stride-1 unpadded convs are plain GEMMs on the input planes.
+            && !(g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0))
+    }
+
+    /// y [n, c_out, h_out, w_out] from x [n, c_in, h, w] and w [c_out, c_in, kh, kw].
+    pub fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        assert!(supports(g));
+        let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let plane = hp * wp;
+        let p = g.h_out * g.w_out;
+        let coutp = cout.next_multiple_of(16);
+        let k = cin * kh * kw;
+        // Wᵀ [k][coutp], padding channels zero.
+        let mut wt = vec![0.0f32; k * coutp];
+        for co in 0..cout {
+            for kk in 0..k {
+                wt[kk * coutp + co] = w[co * k + kk];
+            }
+        }
+        let hw = g.h * g.w;
+        let len = g.n * cout * p;
+        let mut y: Vec<f32> = Vec::with_capacity(len);
+        let yp = SendPtr(y.as_mut_ptr());
+        run_jobs(g.n, g.flops(), |img| {
+            with_scratch(cin * plane + p * coutp, |buf| {
+                let (xpw, yt) = buf.split_at_mut(cin * plane);
+                let (py, px) = g.pad;
+                for (ci, pl) in xpw.chunks_exact_mut(plane).enumerate() {
+                    pl[..py * wp].fill(0.0);
+                    pl[(py + g.h) * wp..].fill(0.0);
+                    let src = &x[(img * cin + ci) * hw..][..hw];
+                    for (row, dst) in src.chunks_exact(g.w).zip(pl[py * wp..].chunks_exact_mut(wp)) {
+                        dst[..px].fill(0.0);
+                        dst[px..px + g.w].copy_from_slice(row);
+                        dst[px + g.w..].fill(0.0);
+                    }
+                }
+                for co0 in (0..coutp).step_by(32) {
+                    let two = coutp - co0 >= 32;
+                    for oy in 0..g.h_out {
+                        for ox0 in (0..g.w_out).step_by(NP) {
+                            let np = NP.min(g.w_out - ox0);
+                            // SAFETY: avx512f (applies). x reads: channel ci < cin, row oy·sy +
+                            // ky < hp, column (ox0 + j)·sx + kx < wp (j < np) of xpw. Wᵀ reads
+                            // rows < k, lanes co0..co0+16·cv <= coutp. yᵀ writes rows
+                            // oy·w_out + ox0 + j < p, same lanes; yᵀ is this thread's scratch.
+                            unsafe {
+                                let xb = xpw.as_ptr().add(oy * g.stride.0 * wp + ox0 * g.stride.1);
+                                let wb = wt.as_ptr().add(co0);
+                                let yb = yt.as_mut_ptr().add((oy * g.w_out + ox0) * coutp + co0);
+                                kernel(np, two, g.stride.1)(xb, plane, wp, cin, kh, kw, wb, coutp, yb);
+                            }
+                        }
+                    }
+                }
+                // yᵀ [p][coutp] -> y [cout][p] of this image.
+                let pfull = p / 16 * 16;
+                // SAFETY: y has capacity n·cout·p; this image's cout·p block belongs to this job.
+                let yi = unsafe { std::slice::from_raw_parts_mut(yp.get().add(img * cout * p), cout * p) };
+                for co0 in (0..cout).step_by(16) {
+                    let rows = 16.min(cout - co0);
+                    for p0 in (0..pfull).step_by(16) {
+                        if rows == 16 {
+                            // SAFETY: avx512f; yᵀ rows p0..p0+16 hold lanes co0..co0+16; y rows
+                            // co0..co0+16 hold pixels p0..p0+16.
+                            unsafe {
+                                super::wgt3::transpose16(
+                                    yt.as_ptr().add(p0 * coutp + co0),
+                                    coutp,
+                                    16,
+                                    yi.as_mut_ptr().add(co0 * p + p0),
+                                    p,
+                                )
+                            };
+                        } else {
+                            for c in co0..co0 + rows {
+                                for pi in p0..p0 + 16 {
+                                    yi[c * p + pi] = yt[pi * coutp + c];
+                                }
+                            }
+                        }
+                    }
+                    for c in co0..co0 + rows {
+                        for pi in pfull..p {
+                            yi[c * p + pi] = yt[pi * coutp + c];
+                        }
+                    }
+                }
+            })
+        });
+        // SAFETY: every image's cout·p block was fully written above.
+        unsafe { y.set_len(len) };
+        y
+    }
+
+    type Kern = unsafe fn(*const f32, usize, usize, usize, usize, usize, *const f32, usize, *mut f32);
+
+    fn kernel(np: usize, two: bool, sx: usize) -> Kern {
+        macro_rules! by_np {
+            ($cv:literal, $sx:literal) => {
+                match np {
+                    1 => kern::<1, $cv, $sx>,
+                    2 => kern::<2, $cv, $sx>,
+                    3 => kern::<3, $cv, $sx>,
+                    4 => kern::<4, $cv, $sx>,
+                    5 => kern::<5, $cv, $sx>,
+                    6 => kern::<6, $cv, $sx>,
+                    7 => kern::<7, $cv, $sx>,
+                    _ => kern::<8, $cv, $sx>,
+                }
+            };
+        }
+        match (two, sx) {
+            (true, 1) => by_np!(2, 1),
+            (true, _) => by_np!(2, 2),
+            (false, 1) => by_np!(1, 1),
+            (false, _) => by_np!(1, 2),
+        }
+    }
+
+    /// yᵀ[j·ld + 16v ..] = Σ over (ci, ky, kx) of x[ci·plane + ky·wp + j·SX + kx] ·
+    /// Wᵀ[((ci·kh + ky)·kw + kx)·ld + 16v ..], for pixels j < P and vectors v < CV.
+    ///
+    /// # Safety
+    /// avx512f; the ranges described at the call in `forward`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+    unsafe fn kern<const P: usize, const CV: usize, const SX: usize>(
+        xb: *const f32,
+        plane: usize,
+        wp: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        wb: *const f32,
+        ld: usize,
+        yt: *mut f32,
+    ) {
+        let mut a = [_mm512_setzero_ps(); 16];
+        let mut wr = wb;
+        for ci in 0..cin {
+            for ky in 0..kh {
+                // SAFETY (this block): see the caller.
+                unsafe {
+                    let xr = xb.add(ci * plane + ky * wp);
+                    for kx in 0..kw {
+                        let mut wv = [_mm512_setzero_ps(); CV];
+                        for v in 0..CV {
+                            wv[v] = _mm512_loadu_ps(wr.add(16 * v));
+                        }
+                        for j in 0..P {
+                            let xv = _mm512_set1_ps(*xr.add(j * SX + kx));
+                            for v in 0..CV {
+                                a[j * CV + v] = _mm512_fmadd_ps(xv, wv[v], a[j * CV + v]);
+                            }
+                        }
+                        wr = wr.add(ld);
+                    }
+                }
+            }
+        }
+        for j in 0..P {
+            for v in 0..CV {
+                // SAFETY: row j of yᵀ, lanes 16v.. (caller).
+                unsafe { _mm512_storeu_ps(yt.add(j * ld + 16 * v), a[j * CV + v]) };
+            }
+        }
+    }
+}
+
+/// Backward data of the groups-1 convs the pixel-lane `direct` kernel skips (stride 2, 1x1
+/// stride-2), vectorized over input channels: for each output pixel and tap,
+/// dxᵀ_pad[(oy·sy + ky, ox·sx + kx)][ci] += Σ_co dy[co][oy, ox] (broadcast) · W[co][ky, kx][ci]
+/// (1 or 2 vectors), accumulated in registers over co for runs of up to 16 or 8 pixels of a row,
+/// then added into a padded [pixel][ci] image that is transposed back.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod bwdc {
+    use super::{has_avx512, run_jobs, with_scratch, SendPtr};
+    use crate::backend::Conv2dGeom;
+    use std::arch::x86_64::*;
+
+    /// Whether the kernel computes this conv correctly (every groups-1 conv, given AVX-512).
+    pub fn supports(g: &Conv2dGeom) -> bool {
+        has_avx512() && g.groups == 1
+    }
+
+    /// Whether it should: `supports` plus the shapes where it beats the GEMM path.
+    pub fn applies(g: &Conv2dGeom) -> bool {
+        has_avx512()
+            && g.groups == 1
+            && g.n * g.c_in * g.c_out * g.h_out * g.w_out > 0
+            && g.c_out >= 4
+            // Lanes are input channels: at most a quarter of them padding.
+            && 4 * g.c_in >= 3 * g.c_in.next_multiple_of(16)
+            // Per-image scratch (padded dxᵀ) within 4 MiB.
+            && (g.h + 2 * g.pad.0) * (g.w + 2 * g.pad.1) * g.c_in.next_multiple_of(16) <= 1 << 20
+            && !(g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0))
+    }
+
+    /// dx [n, c_in, h, w] from dy [n, c_out, h_out, w_out] and w [c_out, c_in, kh, kw].
+    pub fn backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+        assert!(supports(g));
+        let (cin, cout, kh, kw) = (g.c_in, g.c_out, g.kh, g.kw);
+        let (sy, sx) = g.stride;
+        let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
+        let p = g.h_out * g.w_out;
+        let cinp = cin.next_multiple_of(16);
+        let taps = kh * kw;
+        // W [co][tap][cinp], padding channels zero.
+        let mut wr = vec![0.0f32; cout * taps * cinp];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for t in 0..taps {
+                    wr[(co * taps + t) * cinp + ci] = w[(co * cin + ci) * taps + t];
+                }
+            }
+        }
+        let hw = g.h * g.w;
+        let mut dx = vec![0.0f32; g.n * cin * hw];
+        let dxp = SendPtr(dx.as_mut_ptr());
+        run_jobs(g.n, g.flops(), |img| {
+            with_scratch(hp * wp * cinp, |dxt| {
+                dxt.fill(0.0);
+                let dyi = &dy[img * cout * p..][..cout * p];
+                for ci0 in (0..cinp).step_by(32) {
+                    let two = cinp - ci0 >= 32;
+                    let np_max = if two { 8 } else { 16 };
+                    for t in 0..taps {
+                        let (ky, kx) = (t / kw, t % kw);
+                        for oy in 0..g.h_out {
+                            for ox0 in (0..g.w_out).step_by(np_max) {
+                                let np = np_max.min(g.w_out - ox0);
+                                // SAFETY: avx512f (applies). dy reads: channels < cout, pixels
+                                // oy·w_out + ox0 + j < p of this image. W reads: rows co·taps + t,
+                                // lanes ci0..ci0+16·cv <= cinp. dxᵀ writes: padded pixel
+                                // (oy·sy + ky)·wp + (ox0 + j)·sx + kx < hp·wp (the forward
+                                // geometry keeps every window inside the padded input), same
+                                // lanes; dxt is this thread's scratch.
+                                unsafe {
+                                    let d = dyi.as_ptr().add(oy * g.w_out + ox0);
+                                    let wb = wr.as_ptr().add(t * cinp + ci0);
+                                    let xb = dxt.as_mut_ptr().add(((oy * sy + ky) * wp + ox0 * sx + kx) * cinp + ci0);
+                                    kernel(np, two)(d, p, cout, wb, taps * cinp, xb, sx * cinp);
+                                }
+                            }
+                        }
+                    }
+                }
+                // dxᵀ_pad interior -> dx [cin][h][w] of this image.
+                // SAFETY: dx holds n·cin·hw floats; this image's block belongs to this job.
+                let dxi = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * cin * hw), cin * hw) };
+                let (py, px) = g.pad;
+                for iy in 0..g.h {
+                    let row = &dxt[((iy + py) * wp + px) * cinp..];
+                    for ci0 in (0..cin).step_by(16) {
+                        let rows = 16.min(cin - ci0);
+                        let mut x0 = 0;
+                        if rows == 16 {
+                            while x0 + 16 <= g.w {
+                                // SAFETY: avx512f; dxᵀ pixels x0..x0+16 of this row hold lanes
+                                // ci0..ci0+16; dx rows ci0..ci0+16 hold columns x0..x0+16 of iy.
+                                unsafe {
+                                    super::wgt3::transpose16(
+                                        row.as_ptr().add(x0 * cinp + ci0),
+                                        cinp,
+                                        16,
+                                        dxi.as_mut_ptr().add(ci0 * hw + iy * g.w + x0),
+                                        hw,
+                                    )
+                                };
+                                x0 += 16;
+                            }
+                        }
+                        for ci in ci0..ci0 + rows {
+                            for ix in x0..g.w {
+                                dxi[ci * hw + iy * g.w + ix] = row[ix * cinp + ci];
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        dx
+    }
+
+    type Kern = unsafe fn(*const f32, usize, usize, *const f32, usize, *mut f32, usize);
+
+    fn kernel(np: usize, two: bool) -> Kern {
+        macro_rules! by_np {
+            ($cv:literal; $($n:literal)*) => {
+                match np {
+                    $($n => kern::<$n, $cv>,)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        if two {
+            by_np!(2; 1 2 3 4 5 6 7 8)
+        } else {
+            by_np!(1; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+        }
+    }
+
+    /// dxᵀ[j·xs + 16v ..] += Σ_co d[co·ds + j] · wb[co·ws + 16v ..] for j < P, v < CV.
+    ///
+    /// # Safety
+    /// avx512f; the ranges described at the call in `backward_data`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn kern<const P: usize, const CV: usize>(
+        d: *const f32,
+        ds: usize,
+        cout: usize,
+        wb: *const f32,
+        ws: usize,
+        xb: *mut f32,
+        xs: usize,
+    ) {
+        let mut a = [_mm512_setzero_ps(); 16];
+        let (mut dr, mut wr) = (d, wb);
+        for _ in 0..cout {
+            // SAFETY (this block): see the caller.
+            unsafe {
+                let mut wv = [_mm512_setzero_ps(); CV];
+                for v in 0..CV {
+                    wv[v] = _mm512_loadu_ps(wr.add(16 * v));
+                }
+                for j in 0..P {
+                    let dv = _mm512_set1_ps(*dr.add(j));
+                    for v in 0..CV {
+                        a[j * CV + v] = _mm512_fmadd_ps(dv, wv[v], a[j * CV + v]);
+                    }
+                }
+                dr = dr.add(ds);
+                wr = wr.add(ws);
+            }
+        }
+        for j in 0..P {
+            for v in 0..CV {
+                // SAFETY: padded pixel j of the caller's run, lanes 16v.. (caller).
+                unsafe {
+                    let px = xb.add(j * xs + 16 * v);
+                    _mm512_storeu_ps(px, _mm512_add_ps(_mm512_loadu_ps(px), a[j * CV + v]));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,6 +1862,191 @@ mod tests {
             row_adder()(&mut a, &dense, rows, w, wide);
             add_rows_portable(&mut b, &dense, rows, w, wide);
             assert_eq!(a, b, "add, width {w}");
+        }
+    }
+
+    /// The direct AVX-512 path (when the CPU has it) against the naive reference, and against
+    /// the portable tiled path, on odd widths (not multiples of 16, and wider than 16), odd
+    /// channel counts around the block sizes, batch 1, 3x3/5x5/3x5/7x7 kernels, pads 1/2/3 and
+    /// vertical pads other than k/2.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn direct_matches_naive_and_portable() {
+        let mut cases = vec![
+            geom(1, 3, 7, 5, 7, 3, 1, 1, 1),
+            geom(2, 5, 9, 17, 13, 3, 1, 1, 1),
+            geom(3, 16, 8, 8, 16, 3, 1, 1, 1),
+            geom(1, 7, 11, 33, 9, 5, 1, 2, 1),
+            geom(2, 4, 5, 5, 3, 7, 1, 3, 1),
+            geom(1, 2, 1, 1, 1, 3, 1, 1, 1),
+            geom(2, 9, 20, 4, 6, 3, 1, 1, 1),
+        ];
+        // 3x5 kernel, pad (0, 2): height shrinks; 5x3, pad (4, 1): height grows.
+        let mut a = geom(2, 3, 6, 13, 8, 3, 1, 1, 1);
+        (a.kh, a.kw, a.pad, a.h_out) = (3, 5, (0, 2), 4);
+        let mut b = geom(1, 5, 4, 10, 7, 3, 1, 1, 1);
+        (b.kh, b.kw, b.pad, b.h_out) = (5, 3, (4, 1), 8);
+        cases.extend([a, b]);
+        for g in &cases {
+            if !direct::applies(g) {
+                assert!(!has_avx512(), "{g:?} should take the direct path");
+                return;
+            }
+            let s = Sizes::of(g);
+            let x = vals(g.n * g.c_in * g.h * g.w, 11);
+            let w = vals(g.c_out * s.kk, 12);
+            let dy = vals(g.n * g.c_out * s.p, 13);
+            let (y, dx, dw) = naive(&x, &w, &dy, g);
+            let what = format!("{g:?}");
+            let fy = direct::forward(&x, &w, g);
+            let fdx = direct::backward_data(&dy, &w, g);
+            let fdw = direct::backward_weight(&x, &dy, g);
+            close(&fy, &y, &format!("{what} forward"));
+            close(&fdx, &dx, &format!("{what} backward data"));
+            close(&fdw, &dw, &format!("{what} backward weight"));
+            let t = tile_rows(s.kk, g.h_out, g.w_out);
+            let port = |a: &[f32], b: &[f32], name: &str| {
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{what} {name} vs portable at {i}: {u} vs {v}");
+                }
+            };
+            port(&fy, &conv2d_tiled(&x, &w, g, t), "forward");
+            port(&fdx, &backward_data_tiled(&dy, &w, g, t), "backward data");
+            port(&fdw, &backward_weight_tiled(&x, &dy, g, t), "backward weight");
+        }
+    }
+
+    /// The channel-vectorized 3x3 weight gradient against the naive reference: output channels
+    /// below, at and across 16 and 32 (one- and two-vector passes, mixed), odd input channel
+    /// counts (a lone last channel), stride 2, padding 0 and 2, batch 1, rectangular maps.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn wgt3_matches_naive() {
+        let mut cases = vec![
+            geom(1, 3, 7, 5, 5, 3, 1, 1, 1),
+            geom(2, 5, 9, 17, 40, 3, 1, 1, 1),
+            geom(3, 8, 8, 8, 32, 3, 1, 1, 1),
+            geom(1, 7, 11, 9, 16, 3, 2, 1, 1),
+            geom(2, 4, 6, 6, 33, 3, 2, 0, 1),
+            geom(1, 2, 5, 5, 3, 3, 1, 2, 1),
+        ];
+        let mut a = geom(2, 3, 6, 13, 20, 3, 1, 1, 1);
+        (a.h, a.h_out) = (9, 9);
+        cases.push(a);
+        for g in &cases {
+            if !wgt3::applies(g) {
+                assert!(!has_avx512(), "{g:?} should take the wgt3 path");
+                return;
+            }
+            let s = Sizes::of(g);
+            let x = vals(g.n * g.c_in * g.h * g.w, 21);
+            let w = vals(g.c_out * s.kk, 22);
+            let dy = vals(g.n * g.c_out * s.p, 23);
+            let (_, _, dw) = naive(&x, &w, &dy, g);
+            close(&wgt3::backward_weight(&x, &dy, g), &dw, &format!("{g:?} wgt3"));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose16_matches_scalar() {
+        if !has_avx512() {
+            return;
+        }
+        let (ls, ld) = (19, 21);
+        let src: Vec<f32> = (0..16 * ls).map(|i| i as f32).collect();
+        for rows in [16, 5, 1] {
+            let mut dst = vec![-1.0f32; 16 * ld];
+            // SAFETY: avx512f checked; src holds 16 rows of ls >= 16 floats, dst 16 rows of ld.
+            unsafe { wgt3::transpose16(src.as_ptr(), ls, rows, dst.as_mut_ptr(), ld) };
+            for j in 0..16 {
+                for i in 0..ld {
+                    let want = if i >= 16 {
+                        -1.0
+                    } else if i < rows {
+                        src[i * ls + j]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(dst[j * ld + i], want, "rows {rows}: dst[{j}][{i}]");
+                }
+            }
+        }
+    }
+
+    /// The channel-vectorized forward against the naive reference: stride 1 and 2, 1x1 and 3x3
+    /// and 7x7 kernels, pads 0-3, output channels below, at and across 16/32 (one- and
+    /// two-vector passes, a partial last transpose block), row lengths not multiples of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fwdc_matches_naive() {
+        let cases = [
+            geom(1, 4, 7, 5, 5, 3, 2, 1, 1),
+            geom(2, 5, 9, 17, 40, 3, 2, 1, 1),
+            geom(3, 16, 16, 16, 32, 1, 2, 0, 1),
+            geom(1, 7, 11, 9, 16, 3, 1, 1, 1),
+            geom(2, 4, 12, 12, 33, 3, 2, 0, 1),
+            geom(1, 6, 13, 13, 20, 7, 2, 3, 1),
+            geom(2, 8, 35, 35, 48, 3, 2, 1, 1),
+        ];
+        for g in &cases {
+            if !fwdc::supports(g) {
+                assert!(!has_avx512(), "{g:?} should take the fwdc path");
+                return;
+            }
+            let s = Sizes::of(g);
+            let x = vals(g.n * g.c_in * g.h * g.w, 24);
+            let w = vals(g.c_out * s.kk, 25);
+            let dy = vals(g.n * g.c_out * s.p, 26);
+            let (y, _, _) = naive(&x, &w, &dy, g);
+            close(&fwdc::forward(&x, &w, g), &y, &format!("{g:?} fwdc"));
+        }
+    }
+
+    /// The channel-vectorized backward data against the naive reference: stride 1 and 2, 1x1,
+    /// 3x3 and 7x7 kernels, pads 0-3 (including input rows/columns no window reaches), input
+    /// channels below, at and across 16/32, widths with and without 16-pixel runs.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bwdc_matches_naive() {
+        let cases = [
+            geom(1, 4, 7, 5, 5, 3, 2, 1, 1),
+            geom(2, 40, 9, 17, 5, 3, 2, 1, 1),
+            geom(3, 16, 32, 32, 32, 1, 2, 0, 1),
+            geom(1, 7, 11, 9, 16, 3, 1, 1, 1),
+            geom(2, 33, 12, 12, 4, 3, 2, 0, 1),
+            geom(1, 20, 13, 13, 6, 7, 2, 3, 1),
+            geom(2, 48, 34, 34, 8, 3, 2, 1, 1),
+        ];
+        for g in &cases {
+            if !bwdc::supports(g) {
+                assert!(!has_avx512(), "{g:?} should take the bwdc path");
+                return;
+            }
+            let s = Sizes::of(g);
+            let x = vals(g.n * g.c_in * g.h * g.w, 27);
+            let w = vals(g.c_out * s.kk, 28);
+            let dy = vals(g.n * g.c_out * s.p, 29);
+            let (_, dx, _) = naive(&x, &w, &dy, g);
+            close(&bwdc::backward_data(&dy, &w, g), &dx, &format!("{g:?} bwdc"));
+        }
+    }
+
+    /// Batch 64 resnet shape through the public entry points: parallel jobs, multi-image
+    /// weight-gradient groups.
+    #[test]
+    fn resnet_shape_matches_naive() {
+        let g = geom(8, 16, 8, 8, 24, 3, 1, 1, 1);
+        let s = Sizes::of(&g);
+        let x = vals(g.n * g.c_in * g.h * g.w, 14);
+        let w = vals(g.c_out * s.kk, 15);
+        let dy = vals(g.n * g.c_out * s.p, 16);
+        let (y, dx, dw) = naive(&x, &w, &dy, &g);
+        close(&conv2d(&x, &w, &g).unwrap(), &y, "forward");
+        close(&conv2d_backward_data(&dy, &w, &g).unwrap(), &dx, "backward data");
+        let got = conv2d_backward_weight(&x, &dy, &g).unwrap();
+        for (a, b) in got.iter().zip(&dw) {
+            assert!((*a as f64 - b).abs() <= 1e-3 * (1.0 + b.abs()), "dw {a} vs {b}");
         }
     }
 
