@@ -10,7 +10,8 @@ fn kdscout() -> Command {
 fn demo_writes_resolved_config_and_metrics() {
     let out = std::env::temp_dir().join(format!("kdscout-cli-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let run = kdscout().args(["demo", "--epochs", "1", "--width", "8", "--seed", "3", "--out"]).arg(&out).output().unwrap();
+    let run =
+        kdscout().args(["demo", "--epochs", "1", "--width", "8", "--seed", "3", "--out"]).arg(&out).output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     assert!(stdout.contains("test accuracy"), "{stdout}");
@@ -26,7 +27,8 @@ fn demo_writes_resolved_config_and_metrics() {
 
 #[test]
 fn bad_data_dir_is_a_clear_error_not_a_panic() {
-    let run = kdscout().args(["demo", "--data-dir", "/nonexistent/cifar", "--out", "/tmp/kdscout-never"]).output().unwrap();
+    let run =
+        kdscout().args(["demo", "--data-dir", "/nonexistent/cifar", "--out", "/tmp/kdscout-never"]).output().unwrap();
     assert_eq!(run.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.starts_with("error: ") && stderr.contains("/nonexistent/cifar"), "{stderr}");

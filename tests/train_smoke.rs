@@ -2,9 +2,10 @@
 //! the 4000 real CIFAR-10 training images shipped in ../shared/data must classify the 1000
 //! real test images well above chance (10%).
 //!
-//! Measured when this test was written (seed 0, 4 epochs, width 16): see the assertion below;
-//! the threshold (35%) leaves room for platform float differences while still failing if
-//! any part of training (gradients, BN statistics, SGD, data decoding, augmentation) breaks.
+//! Measured when this test was written (seed 0, 6 epochs, width 16, cosine LR from 0.05):
+//! test accuracy 42.3% (training loss 2.02 -> 1.53), identical on every run. The threshold
+//! (35%) leaves room for other CPUs' float differences while still failing if any part of
+//! training (gradients, BN statistics, SGD, data decoding, augmentation) breaks; about 11 s.
 
 use kdscout::data::{Dataset, Split};
 use kdscout::models::small_cnn;

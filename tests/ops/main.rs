@@ -8,6 +8,8 @@ mod common;
 #[macro_use]
 mod conv;
 #[macro_use]
+mod determinism;
+#[macro_use]
 mod elementwise;
 #[macro_use]
 mod layout;
@@ -23,6 +25,7 @@ mod reduce;
 macro_rules! all_op_tests {
     ($dev:expr) => {
         conv_tests!($dev);
+        determinism_tests!($dev);
         elementwise_tests!($dev);
         layout_tests!($dev);
         matmul_tests!($dev);

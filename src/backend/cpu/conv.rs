@@ -487,6 +487,25 @@ fn backward_data_tiled(dy: &[f32], w: &[f32], g: &Conv2dGeom, tile_rows: usize) 
     dx
 }
 
+/// Sums the partial results of `jobs` jobs (`job(acc, j)` adds job j into acc) so that the
+/// result is bit-identical on every run and thread count: jobs are cut into at most 8 fixed
+/// runs of consecutive jobs, each run folds in job order, and the run totals are added in run
+/// order. `parallel` only decides whether runs execute on the rayon pool.
+fn sum_jobs(jobs: usize, len: usize, parallel: bool, job: impl Fn(Vec<f32>, usize) -> Vec<f32> + Sync) -> Vec<f32> {
+    const RUNS: usize = 8;
+    let per = jobs.div_ceil(RUNS).max(1);
+    let run = |r: usize| (r * per..((r + 1) * per).min(jobs)).fold(vec![0.0f32; len], &job);
+    let runs = jobs.div_ceil(per);
+    let totals: Vec<Vec<f32>> =
+        if parallel { (0..runs).into_par_iter().map(run).collect() } else { (0..runs).map(run).collect() };
+    let mut totals = totals.into_iter();
+    let mut sum = totals.next().unwrap_or_else(|| vec![0.0f32; len]);
+    for t in totals {
+        sum.iter_mut().zip(&t).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
 fn backward_weight_tiled(x: &[f32], dy: &[f32], g: &Conv2dGeom, tile_rows: usize) -> Vec<f32> {
     let s = Sizes::of(g);
     let wlen = g.c_out * s.kk;
@@ -528,15 +547,7 @@ fn backward_weight_tiled(x: &[f32], dy: &[f32], g: &Conv2dGeom, tile_rows: usize
         }
         acc
     };
-    let add = |mut a: Vec<f32>, b: Vec<f32>| {
-        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-        a
-    };
-    if jobs > 1 && g.flops() >= PAR_MIN_FLOPS {
-        (0..jobs).into_par_iter().fold(|| vec![0.0f32; wlen], job).reduce(|| vec![0.0f32; wlen], add)
-    } else {
-        (0..jobs).fold(vec![0.0f32; wlen], job)
-    }
+    sum_jobs(jobs, wlen, jobs > 1 && g.flops() >= PAR_MIN_FLOPS, job)
 }
 
 // ---- one input channel per group (depthwise and friends): direct loops ----
@@ -681,7 +692,6 @@ fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom, s: &Sizes) -
 mod direct {
     use super::{has_avx512, run_jobs, with_scratch, SendPtr, PAR_MIN_FLOPS};
     use crate::backend::Conv2dGeom;
-    use rayon::prelude::*;
     use std::arch::x86_64::*;
 
     /// Pixel vectors (of 16) per forward block.
@@ -1032,15 +1042,7 @@ mod direct {
             });
             acc
         };
-        let add = |mut a: Vec<f32>, b: Vec<f32>| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        };
-        if jobs > 1 && g.flops() >= PAR_MIN_FLOPS {
-            (0..jobs).into_par_iter().fold(|| vec![0.0f32; wlen], job).reduce(|| vec![0.0f32; wlen], add)
-        } else {
-            (0..jobs).fold(vec![0.0f32; wlen], job)
-        }
+        super::sum_jobs(jobs, wlen, jobs > 1 && g.flops() >= PAR_MIN_FLOPS, job)
     }
 
     /// out[c·ocs + t] += Σ over images i < gi and pixels of dy[i][c][pixel] · x[i][pixel + tap t]
@@ -1112,7 +1114,6 @@ mod direct {
 pub(super) mod wgt3 {
     use super::{has_avx512, with_scratch, PAR_MIN_FLOPS};
     use crate::backend::Conv2dGeom;
-    use rayon::prelude::*;
     use std::arch::x86_64::*;
 
     pub fn applies(g: &Conv2dGeom) -> bool {
@@ -1209,15 +1210,7 @@ pub(super) mod wgt3 {
             });
             acc
         };
-        let add = |mut a: Vec<f32>, b: Vec<f32>| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        };
-        let dwt = if g.n > 1 && g.flops() >= PAR_MIN_FLOPS {
-            (0..g.n).into_par_iter().fold(|| vec![0.0f32; dwt_len], job).reduce(|| vec![0.0f32; dwt_len], add)
-        } else {
-            (0..g.n).fold(vec![0.0f32; dwt_len], job)
-        };
+        let dwt = super::sum_jobs(g.n, dwt_len, g.n > 1 && g.flops() >= PAR_MIN_FLOPS, job);
         let mut dw = vec![0.0f32; cout * k];
         for (co, row) in dw.chunks_exact_mut(k).enumerate() {
             for (kk, d) in row.iter_mut().enumerate() {
