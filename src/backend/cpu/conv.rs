@@ -9,7 +9,8 @@
 //!   the long pixel axis is gemm's m and every operand is column-major, as its microkernel likes
 //!   (gemm then packs neither the column buffer nor the output).
 //! - backward data: colᵀ[P x K] = dyᵀ[P x c_out] · W[c_out x K], then col2im scatter-adds.
-//! - backward weight: Wᵀ[K x c_out] += col[K x P] · dyᵀ[P x c_out], per-thread partial sums.
+//! - backward weight: Wᵀ[K x c_out] += col[K x P] · dyᵀ[P x c_out], partial sums per fixed run
+//!   of jobs added in run order (`sum_jobs`), so results are bit-identical on every run.
 //!
 //! A tile is a run of whole output rows, sized so the column buffer stays within L2
 //! (`COL_BUDGET`). Each tile first copies the input rows it reads into a zero-padded buffer,
