@@ -20,7 +20,7 @@ impl Shape {
     pub fn resolve_dim(&self, op: &'static str, dim: isize) -> Result<usize> {
         let r = self.rank() as isize;
         let d = if dim < 0 { dim + r } else { dim };
-        if d < 0 || d >= r.max(1) || (r == 0) {
+        if r == 0 || d < 0 || d >= r {
             return Err(Error::invalid(op, format!("dim {dim} out of range for shape {self}")));
         }
         Ok(d as usize)
