@@ -218,13 +218,28 @@ pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
             }
             debug_assert_eq!(g.dims(), input.dims(), "gradient shape for op input");
             let acc = match grads.remove(&input.id()) {
-                Some(prev) => prev.add(&g)?,
+                Some(prev) => accumulate(prev, g)?,
                 None => g,
             };
             grads.insert(input.id(), acc);
         }
     }
     Ok(Grads(grads))
+}
+
+/// prev + g, in place in whichever of the two no one else holds (the sum is the same bits either
+/// way: f32 addition commutes), else in a new tensor. Gradients are often shared (Add hands the
+/// same dy to both operands), so uniqueness is checked, never assumed.
+fn accumulate(prev: Tensor, g: Tensor) -> Result<Tensor> {
+    if prev.dims() == g.dims() && prev.device() == g.device() {
+        for (acc, x) in [(&prev, &g), (&g, &prev)] {
+            if acc.is_sole_owner() && !acc.requires_grad() {
+                acc.backend().add_assign(&mut acc.storage_mut(), &x.storage())?;
+                return Ok(acc.clone());
+            }
+        }
+    }
+    prev.add(&g)
 }
 
 /// Tensors reachable from root through tracked ops, inputs before outputs (iterative DFS, so

@@ -344,6 +344,11 @@ pub trait Backend: Send + Sync {
     // ---- optimisation ----
     /// One fused SGD pass: weight decay, momentum, Nesterov and the update, per element.
     fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()>;
+
+    // ---- gradient accumulation ----
+    /// acc[i] += x[i] in place (same length): autograd's accumulation of a gradient into one it
+    /// owns alone, with the bits of `binary(Add, acc, x)` and no new buffer.
+    fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()>;
 }
 
 /// Reject storages from another device with an error naming both.

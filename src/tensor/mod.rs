@@ -94,6 +94,15 @@ impl Tensor {
         Tensor::new_inner(storage, shape, if track { Some(op) } else { None }, track)
     }
 
+    /// True when no other tensor handle or view shares this tensor's memory, so it may be
+    /// updated in place without anyone observing it.
+    pub(crate) fn is_sole_owner(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+            && Arc::weak_count(&self.0) == 0
+            && Arc::strong_count(&self.0.storage) == 1
+            && Arc::weak_count(&self.0.storage) == 0
+    }
+
     /// The shared memory handle (for views).
     pub(crate) fn storage_arc(&self) -> Arc<RwLock<Storage>> {
         self.0.storage.clone()

@@ -1571,7 +1571,9 @@ pub(super) mod bwdc {
             }
         }
         let hw = g.h * g.w;
-        let mut dx = vec![0.0f32; g.n * cin * hw];
+        // Every element is written below (each image's block by its own job), so no zero-fill.
+        let dx_len = g.n * cin * hw;
+        let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
         let dxp = SendPtr(dx.as_mut_ptr());
         run_jobs(g.n, g.flops(), |img| {
             with_scratch(hp * wp * cinp, |dxt| {
@@ -1602,8 +1604,14 @@ pub(super) mod bwdc {
                     }
                 }
                 // dxᵀ_pad interior -> dx [cin][h][w] of this image.
-                // SAFETY: dx holds n·cin·hw floats; this image's block belongs to this job.
-                let dxi = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * cin * hw), cin * hw) };
+                // SAFETY: dx has capacity for n·cin·hw floats; this image's block belongs to this
+                // job. The block is viewed as uninitialised floats, all of which are written below.
+                let dxi = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dxp.get().add(img * cin * hw).cast::<std::mem::MaybeUninit<f32>>(),
+                        cin * hw,
+                    )
+                };
                 let (py, px) = g.pad;
                 for iy in 0..g.h {
                     let row = &dxt[((iy + py) * wp + px) * cinp..];
@@ -1619,7 +1627,7 @@ pub(super) mod bwdc {
                                         row.as_ptr().add(x0 * cinp + ci0),
                                         cinp,
                                         16,
-                                        dxi.as_mut_ptr().add(ci0 * hw + iy * g.w + x0),
+                                        dxi.as_mut_ptr().add(ci0 * hw + iy * g.w + x0).cast::<f32>(),
                                         hw,
                                     )
                                 };
@@ -1628,13 +1636,16 @@ pub(super) mod bwdc {
                         }
                         for ci in ci0..ci0 + rows {
                             for ix in x0..g.w {
-                                dxi[ci * hw + iy * g.w + ix] = row[ix * cinp + ci];
+                                dxi[ci * hw + iy * g.w + ix].write(row[ix * cinp + ci]);
                             }
                         }
                     }
                 }
             })
         });
+        // SAFETY: the jobs above wrote every element of every image's block: rows iy < h, channels
+        // ci < cin (blocks of 16 by transpose16, the rest one by one), columns ix < w.
+        unsafe { dx.set_len(dx_len) };
         dx
     }
 

@@ -276,3 +276,18 @@ pub fn sgd_step(param: &mut [f32], grad: &[f32], buf: &mut [f32], s: &SgdStep) {
             .for_each(|((p, g), m)| body(p, g, m));
     }
 }
+
+/// acc[i] += x[i].
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_assign lengths");
+    let body = |a: &mut [f32], b: &[f32]| {
+        for (a, &b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+    };
+    if acc.len() < PAR_MIN_ELEMS {
+        body(acc, x);
+    } else {
+        acc.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(a, b)| body(a, b));
+    }
+}

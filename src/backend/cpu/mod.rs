@@ -245,4 +245,8 @@ impl Backend for CpuBackend {
         elementwise::sgd_step(param.as_cpu_mut()?, grad.as_cpu()?, momentum_buf.as_cpu_mut()?, step);
         Ok(())
     }
+    fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
+        elementwise::add_assign(acc.as_cpu_mut()?, x.as_cpu()?);
+        Ok(())
+    }
 }

@@ -11,6 +11,8 @@
 //! channel r % c. Both passes run over rows (contiguous memory, parallel over rows); the
 //! per-row partial sums are tiny and folded into channels serially.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::PAR_MIN_ELEMS;
@@ -87,13 +89,21 @@ fn map_rows<T: Send>(x: &[f32], len: usize, f: impl Fn(usize, &[f32]) -> T + Syn
     }
 }
 
-/// `f(row_index, out_row)` for every `len`-sized row of out, in parallel when out is large.
-fn for_rows_mut(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    if out.len() >= PAR_MIN_ELEMS {
-        out.par_chunks_mut(len).enumerate().with_min_len(TASK_ELEMS.div_ceil(len)).for_each(|(r, row)| f(r, row));
+/// A new vector of `total` floats built row by row: `f(row_index, out_row)` for every `len`-sized
+/// row, in parallel when large. `f` writes every element of its row (the callers zip the row with
+/// input slices of the same length), so the output needs no zero-fill first.
+fn build_rows(total: usize, len: usize, f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let spare = &mut out.spare_capacity_mut()[..total];
+    if total >= PAR_MIN_ELEMS {
+        spare.par_chunks_mut(len).enumerate().with_min_len(TASK_ELEMS.div_ceil(len)).for_each(|(r, row)| f(r, row));
     } else {
-        out.chunks_mut(len).enumerate().for_each(|(r, row)| f(r, row));
+        spare.chunks_mut(len).enumerate().for_each(|(r, row)| f(r, row));
     }
+    // SAFETY: the capacity is at least total, and f has initialised every element of every row,
+    // which together cover 0..total.
+    unsafe { out.set_len(total) };
+    out
 }
 
 /// Returns (y, mean[c], invstd[c]); updates running_mean/running_var in place.
@@ -144,12 +154,11 @@ pub fn batch_norm_train(
     }
 
     // Pass 2: normalise.
-    let mut y = vec![0.0f32; x.len()];
-    for_rows_mut(&mut y, hw, |r, yr| {
+    let y = build_rows(x.len(), hw, |r, yr| {
         let ch = r % c;
         let (k, sc, off) = (shift[ch], scale[ch], offset[ch]);
         for (o, &v) in yr.iter_mut().zip(&x[r * hw..(r + 1) * hw]) {
-            *o = (v - k) * sc + off;
+            o.write((v - k) * sc + off);
         }
     });
     Ok((y, mean, invstd))
@@ -207,13 +216,12 @@ pub fn batch_norm_backward(
     }
 
     // Pass 2: dx.
-    let mut dx = vec![0.0f32; x.len()];
-    for_rows_mut(&mut dx, hw, |r, dr| {
+    let dx = build_rows(x.len(), hw, |r, dr| {
         let ch = r % c;
         let (k, a, b, k0) = (shift[ch], ca[ch], cb[ch], cst[ch]);
         let span = r * hw..(r + 1) * hw;
         for ((o, &xv), &d) in dr.iter_mut().zip(&x[span.clone()]).zip(&dy[span]) {
-            *o = a * d - b * (xv - k) + k0;
+            o.write(a * d - b * (xv - k) + k0);
         }
     });
     Ok((dx, dgamma, dbeta))
