@@ -59,45 +59,17 @@ fn bench_gemm(c: &mut Criterion) {
     group.finish();
 }
 
-#[allow(clippy::too_many_arguments)]
-fn conv_geom(
-    n: usize,
-    c_in: usize,
-    hw: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> Conv2dGeom {
-    let out = (hw + 2 * pad - k) / stride + 1;
-    Conv2dGeom {
-        n,
-        c_in,
-        h: hw,
-        w: hw,
-        c_out,
-        kh: k,
-        kw: k,
-        stride: (stride, stride),
-        pad: (pad, pad),
-        groups,
-        h_out: out,
-        w_out: out,
-    }
-}
-
 fn bench_conv(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv");
     group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     let cases = [
         // resnet56's three 3x3 stages at batch 64.
-        ("r56_16x32x32_b64", conv_geom(64, 16, 32, 16, 3, 1, 1, 1)),
-        ("r56_32x16x16_b64", conv_geom(64, 32, 16, 32, 3, 1, 1, 1)),
-        ("r56_64x8x8_b64", conv_geom(64, 64, 8, 64, 3, 1, 1, 1)),
+        ("r56_16x32x32_b64", Conv2dGeom::square(64, 16, 32, 32, 16, 3, 1, 1, 1)),
+        ("r56_32x16x16_b64", Conv2dGeom::square(64, 32, 16, 16, 32, 3, 1, 1, 1)),
+        ("r56_64x8x8_b64", Conv2dGeom::square(64, 64, 8, 8, 64, 3, 1, 1, 1)),
         // MobileNet-style depthwise 3x3 and a pointwise 1x1.
-        ("dw_96x32x32_b64", conv_geom(64, 96, 32, 96, 3, 1, 1, 96)),
-        ("pw_64to128x16x16_b64", conv_geom(64, 64, 16, 128, 1, 1, 0, 1)),
+        ("dw_96x32x32_b64", Conv2dGeom::square(64, 96, 32, 32, 96, 3, 1, 1, 96)),
+        ("pw_64to128x16x16_b64", Conv2dGeom::square(64, 64, 16, 16, 128, 1, 1, 0, 1)),
     ];
     for (name, g) in cases {
         let x = data(g.n * g.c_in * g.h * g.w);
@@ -134,12 +106,12 @@ fn bench_conv_cputime(_c: &mut Criterion) {
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let cases = [
-        ("r56_16x32x32_b64", conv_geom(64, 16, 32, 16, 3, 1, 1, 1)),
-        ("r56_32x16x16_b64", conv_geom(64, 32, 16, 32, 3, 1, 1, 1)),
-        ("r56_64x8x8_b64", conv_geom(64, 64, 8, 64, 3, 1, 1, 1)),
-        ("first_3to16x32x32_b64", conv_geom(64, 3, 32, 16, 3, 1, 1, 1)),
-        ("s2_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..conv_geom(64, 16, 32, 32, 3, 2, 1, 1) }),
-        ("ds1x1_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..conv_geom(64, 16, 32, 32, 1, 2, 0, 1) }),
+        ("r56_16x32x32_b64", Conv2dGeom::square(64, 16, 32, 32, 16, 3, 1, 1, 1)),
+        ("r56_32x16x16_b64", Conv2dGeom::square(64, 32, 16, 16, 32, 3, 1, 1, 1)),
+        ("r56_64x8x8_b64", Conv2dGeom::square(64, 64, 8, 8, 64, 3, 1, 1, 1)),
+        ("first_3to16x32x32_b64", Conv2dGeom::square(64, 3, 32, 32, 16, 3, 1, 1, 1)),
+        ("s2_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..Conv2dGeom::square(64, 16, 32, 32, 32, 3, 2, 1, 1) }),
+        ("ds1x1_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..Conv2dGeom::square(64, 16, 32, 32, 32, 1, 2, 0, 1) }),
     ];
     pool.install(|| {
         for (name, g) in cases {

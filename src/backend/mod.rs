@@ -154,6 +154,37 @@ pub struct Conv2dGeom {
 }
 
 impl Conv2dGeom {
+    /// A square kernel with the same stride and padding on both axes; the output size is
+    /// derived (floor mode). The caller guarantees the kernel fits the padded input.
+    #[allow(clippy::too_many_arguments)]
+    pub fn square(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Conv2dGeom {
+        let out = |i: usize| (i + 2 * pad - k) / stride + 1;
+        Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k,
+            kw: k,
+            stride: (stride, stride),
+            pad: (pad, pad),
+            groups,
+            h_out: out(h),
+            w_out: out(w),
+        }
+    }
+
     pub fn flops(&self) -> f64 {
         2.0 * (self.n * self.c_out * self.h_out * self.w_out * (self.c_in / self.groups) * self.kh * self.kw) as f64
     }

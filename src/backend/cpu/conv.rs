@@ -1717,35 +1717,6 @@ pub(super) mod bwdc {
 mod tests {
     use super::*;
 
-    #[allow(clippy::too_many_arguments)]
-    fn geom(
-        n: usize,
-        c_in: usize,
-        h: usize,
-        w: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        groups: usize,
-    ) -> Conv2dGeom {
-        let out = |i: usize| (i + 2 * pad - k) / stride + 1;
-        Conv2dGeom {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: (stride, stride),
-            pad: (pad, pad),
-            groups,
-            h_out: out(h),
-            w_out: out(w),
-        }
-    }
-
     fn vals(len: usize, seed: usize) -> Vec<f32> {
         (0..len).map(|i| (((i * 31 + seed * 17) % 23) as f32 - 11.0) / 11.0).collect()
     }
@@ -1797,12 +1768,12 @@ mod tests {
     #[test]
     fn tiling_edge_cases_match_naive() {
         let cases = [
-            geom(2, 3, 7, 7, 5, 3, 1, 1, 1), // P = 49
-            geom(1, 4, 9, 6, 6, 3, 2, 1, 2), // stride 2, groups 2, P = 15
-            geom(3, 5, 5, 5, 7, 1, 1, 0, 1), // pointwise, P = 25
-            geom(1, 2, 6, 5, 3, 1, 2, 0, 1), // 1x1 stride 2 goes through im2col
-            geom(2, 3, 8, 8, 4, 7, 1, 3, 1), // 7x7 pad 3
-            geom(1, 2, 4, 4, 2, 3, 1, 0, 1), // P = 4
+            Conv2dGeom::square(2, 3, 7, 7, 5, 3, 1, 1, 1), // P = 49
+            Conv2dGeom::square(1, 4, 9, 6, 6, 3, 2, 1, 2), // stride 2, groups 2, P = 15
+            Conv2dGeom::square(3, 5, 5, 5, 7, 1, 1, 0, 1), // pointwise, P = 25
+            Conv2dGeom::square(1, 2, 6, 5, 3, 1, 2, 0, 1), // 1x1 stride 2 goes through im2col
+            Conv2dGeom::square(2, 3, 8, 8, 4, 7, 1, 3, 1), // 7x7 pad 3
+            Conv2dGeom::square(1, 2, 4, 4, 2, 3, 1, 0, 1), // P = 4
         ];
         for g in &cases {
             let s = Sizes::of(g);
@@ -1823,7 +1794,7 @@ mod tests {
     #[test]
     fn default_tiles_split_large_maps() {
         // 16ch 3x3 on 61x61: K = 144, 9 tiles of 7 rows, the last one of 5.
-        let g = geom(1, 16, 61, 61, 8, 3, 1, 1, 1);
+        let g = Conv2dGeom::square(1, 16, 61, 61, 8, 3, 1, 1, 1);
         let s = Sizes::of(&g);
         let t = tile_rows(s.kk, g.h_out, g.w_out);
         assert!(t < g.h_out && !g.h_out.is_multiple_of(t), "tile of {t} rows over {}", g.h_out);
@@ -1841,7 +1812,11 @@ mod tests {
 
     #[test]
     fn depthwise_and_multiplier_match_naive() {
-        for g in [geom(2, 6, 9, 9, 6, 3, 1, 1, 6), geom(1, 3, 8, 7, 6, 5, 2, 2, 3), geom(3, 1, 5, 5, 4, 3, 1, 0, 1)] {
+        for g in [
+            Conv2dGeom::square(2, 6, 9, 9, 6, 3, 1, 1, 6),
+            Conv2dGeom::square(1, 3, 8, 7, 6, 5, 2, 2, 3),
+            Conv2dGeom::square(3, 1, 5, 5, 4, 3, 1, 0, 1),
+        ] {
             let s = Sizes::of(&g);
             let x = vals(g.n * g.c_in * g.h * g.w, 7);
             let w = vals(g.c_out * s.kk, 8);
@@ -1878,18 +1853,18 @@ mod tests {
     #[test]
     fn direct_matches_naive_and_portable() {
         let mut cases = vec![
-            geom(1, 3, 7, 5, 7, 3, 1, 1, 1),
-            geom(2, 5, 9, 17, 13, 3, 1, 1, 1),
-            geom(3, 16, 8, 8, 16, 3, 1, 1, 1),
-            geom(1, 7, 11, 33, 9, 5, 1, 2, 1),
-            geom(2, 4, 5, 5, 3, 7, 1, 3, 1),
-            geom(1, 2, 1, 1, 1, 3, 1, 1, 1),
-            geom(2, 9, 20, 4, 6, 3, 1, 1, 1),
+            Conv2dGeom::square(1, 3, 7, 5, 7, 3, 1, 1, 1),
+            Conv2dGeom::square(2, 5, 9, 17, 13, 3, 1, 1, 1),
+            Conv2dGeom::square(3, 16, 8, 8, 16, 3, 1, 1, 1),
+            Conv2dGeom::square(1, 7, 11, 33, 9, 5, 1, 2, 1),
+            Conv2dGeom::square(2, 4, 5, 5, 3, 7, 1, 3, 1),
+            Conv2dGeom::square(1, 2, 1, 1, 1, 3, 1, 1, 1),
+            Conv2dGeom::square(2, 9, 20, 4, 6, 3, 1, 1, 1),
         ];
         // 3x5 kernel, pad (0, 2): height shrinks; 5x3, pad (4, 1): height grows.
-        let mut a = geom(2, 3, 6, 13, 8, 3, 1, 1, 1);
+        let mut a = Conv2dGeom::square(2, 3, 6, 13, 8, 3, 1, 1, 1);
         (a.kh, a.kw, a.pad, a.h_out) = (3, 5, (0, 2), 4);
-        let mut b = geom(1, 5, 4, 10, 7, 3, 1, 1, 1);
+        let mut b = Conv2dGeom::square(1, 5, 4, 10, 7, 3, 1, 1, 1);
         (b.kh, b.kw, b.pad, b.h_out) = (5, 3, (4, 1), 8);
         cases.extend([a, b]);
         for g in &cases {
@@ -1928,14 +1903,14 @@ mod tests {
     #[test]
     fn wgt3_matches_naive() {
         let mut cases = vec![
-            geom(1, 3, 7, 5, 5, 3, 1, 1, 1),
-            geom(2, 5, 9, 17, 40, 3, 1, 1, 1),
-            geom(3, 8, 8, 8, 32, 3, 1, 1, 1),
-            geom(1, 7, 11, 9, 16, 3, 2, 1, 1),
-            geom(2, 4, 6, 6, 33, 3, 2, 0, 1),
-            geom(1, 2, 5, 5, 3, 3, 1, 2, 1),
+            Conv2dGeom::square(1, 3, 7, 5, 5, 3, 1, 1, 1),
+            Conv2dGeom::square(2, 5, 9, 17, 40, 3, 1, 1, 1),
+            Conv2dGeom::square(3, 8, 8, 8, 32, 3, 1, 1, 1),
+            Conv2dGeom::square(1, 7, 11, 9, 16, 3, 2, 1, 1),
+            Conv2dGeom::square(2, 4, 6, 6, 33, 3, 2, 0, 1),
+            Conv2dGeom::square(1, 2, 5, 5, 3, 3, 1, 2, 1),
         ];
-        let mut a = geom(2, 3, 6, 13, 20, 3, 1, 1, 1);
+        let mut a = Conv2dGeom::square(2, 3, 6, 13, 20, 3, 1, 1, 1);
         (a.h, a.h_out) = (9, 9);
         cases.push(a);
         for g in &cases {
@@ -1986,13 +1961,13 @@ mod tests {
     #[test]
     fn fwdc_matches_naive() {
         let cases = [
-            geom(1, 4, 7, 5, 5, 3, 2, 1, 1),
-            geom(2, 5, 9, 17, 40, 3, 2, 1, 1),
-            geom(3, 16, 16, 16, 32, 1, 2, 0, 1),
-            geom(1, 7, 11, 9, 16, 3, 1, 1, 1),
-            geom(2, 4, 12, 12, 33, 3, 2, 0, 1),
-            geom(1, 6, 13, 13, 20, 7, 2, 3, 1),
-            geom(2, 8, 35, 35, 48, 3, 2, 1, 1),
+            Conv2dGeom::square(1, 4, 7, 5, 5, 3, 2, 1, 1),
+            Conv2dGeom::square(2, 5, 9, 17, 40, 3, 2, 1, 1),
+            Conv2dGeom::square(3, 16, 16, 16, 32, 1, 2, 0, 1),
+            Conv2dGeom::square(1, 7, 11, 9, 16, 3, 1, 1, 1),
+            Conv2dGeom::square(2, 4, 12, 12, 33, 3, 2, 0, 1),
+            Conv2dGeom::square(1, 6, 13, 13, 20, 7, 2, 3, 1),
+            Conv2dGeom::square(2, 8, 35, 35, 48, 3, 2, 1, 1),
         ];
         for g in &cases {
             if !fwdc::supports(g) {
@@ -2015,13 +1990,13 @@ mod tests {
     #[test]
     fn bwdc_matches_naive() {
         let cases = [
-            geom(1, 4, 7, 5, 5, 3, 2, 1, 1),
-            geom(2, 40, 9, 17, 5, 3, 2, 1, 1),
-            geom(3, 16, 32, 32, 32, 1, 2, 0, 1),
-            geom(1, 7, 11, 9, 16, 3, 1, 1, 1),
-            geom(2, 33, 12, 12, 4, 3, 2, 0, 1),
-            geom(1, 20, 13, 13, 6, 7, 2, 3, 1),
-            geom(2, 48, 34, 34, 8, 3, 2, 1, 1),
+            Conv2dGeom::square(1, 4, 7, 5, 5, 3, 2, 1, 1),
+            Conv2dGeom::square(2, 40, 9, 17, 5, 3, 2, 1, 1),
+            Conv2dGeom::square(3, 16, 32, 32, 32, 1, 2, 0, 1),
+            Conv2dGeom::square(1, 7, 11, 9, 16, 3, 1, 1, 1),
+            Conv2dGeom::square(2, 33, 12, 12, 4, 3, 2, 0, 1),
+            Conv2dGeom::square(1, 20, 13, 13, 6, 7, 2, 3, 1),
+            Conv2dGeom::square(2, 48, 34, 34, 8, 3, 2, 1, 1),
         ];
         for g in &cases {
             if !bwdc::supports(g) {
@@ -2041,7 +2016,7 @@ mod tests {
     /// weight-gradient groups.
     #[test]
     fn resnet_shape_matches_naive() {
-        let g = geom(8, 16, 8, 8, 24, 3, 1, 1, 1);
+        let g = Conv2dGeom::square(8, 16, 8, 8, 24, 3, 1, 1, 1);
         let s = Sizes::of(&g);
         let x = vals(g.n * g.c_in * g.h * g.w, 14);
         let w = vals(g.c_out * s.kk, 15);
