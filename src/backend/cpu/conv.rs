@@ -1969,18 +1969,7 @@ mod tests {
             Conv2dGeom::square(1, 6, 13, 13, 20, 7, 2, 3, 1),
             Conv2dGeom::square(2, 8, 35, 35, 48, 3, 2, 1, 1),
         ];
-        for g in &cases {
-            if !fwdc::supports(g) {
-                assert!(!has_avx512(), "{g:?} should take the fwdc path");
-                return;
-            }
-            let s = Sizes::of(g);
-            let x = vals(g.n * g.c_in * g.h * g.w, 24);
-            let w = vals(g.c_out * s.kk, 25);
-            let dy = vals(g.n * g.c_out * s.p, 26);
-            let (y, _, _) = naive(&x, &w, &dy, g);
-            close(&fwdc::forward(&x, &w, g), &y, &format!("{g:?} fwdc"));
-        }
+        check_path("fwdc", &cases, fwdc::supports, 24, |x, w, _, g| fwdc::forward(x, w, g), |(y, _, _)| y);
     }
 
     /// The channel-vectorized backward data against the naive reference: stride 1 and 2, 1x1,
@@ -1998,17 +1987,30 @@ mod tests {
             Conv2dGeom::square(1, 20, 13, 13, 6, 7, 2, 3, 1),
             Conv2dGeom::square(2, 48, 34, 34, 8, 3, 2, 1, 1),
         ];
-        for g in &cases {
-            if !bwdc::supports(g) {
-                assert!(!has_avx512(), "{g:?} should take the bwdc path");
+        check_path("bwdc", &cases, bwdc::supports, 27, |_, w, dy, g| bwdc::backward_data(dy, w, g), |(_, dx, _)| dx);
+    }
+
+    /// Runs one direct-kernel path on every case it supports against the naive f64 reference
+    /// (`pick` selects y, dx or dw from it); a case it does not support is only allowed on a
+    /// CPU without AVX-512.
+    fn check_path(
+        name: &str,
+        cases: &[Conv2dGeom],
+        supports: fn(&Conv2dGeom) -> bool,
+        seed: usize,
+        kernel: impl Fn(&[f32], &[f32], &[f32], &Conv2dGeom) -> Vec<f32>,
+        pick: impl Fn((Vec<f64>, Vec<f64>, Vec<f64>)) -> Vec<f64>,
+    ) {
+        for g in cases {
+            if !supports(g) {
+                assert!(!has_avx512(), "{g:?} should take the {name} path");
                 return;
             }
             let s = Sizes::of(g);
-            let x = vals(g.n * g.c_in * g.h * g.w, 27);
-            let w = vals(g.c_out * s.kk, 28);
-            let dy = vals(g.n * g.c_out * s.p, 29);
-            let (_, dx, _) = naive(&x, &w, &dy, g);
-            close(&bwdc::backward_data(&dy, &w, g), &dx, &format!("{g:?} bwdc"));
+            let x = vals(g.n * g.c_in * g.h * g.w, seed);
+            let w = vals(g.c_out * s.kk, seed + 1);
+            let dy = vals(g.n * g.c_out * s.p, seed + 2);
+            close(&kernel(&x, &w, &dy, g), &pick(naive(&x, &w, &dy, g)), &format!("{g:?} {name}"));
         }
     }
 
