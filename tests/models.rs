@@ -80,3 +80,57 @@ fn cifar_resnet_forward_backward_shapes() {
     let err = cifar_resnet("resnet21", 10, &mut rng, Device::Cpu).err().expect("resnet21 is no model");
     assert!(err.to_string().contains("resnet21"));
 }
+
+/// MACs of RepDistiller's CIFAR ResNet at 32x32, derived from its definition: every conv is
+/// c_in·c_out·k²·h_out·w_out, the classifier in·out.
+fn resnet_macs(blocks: [usize; 3], f: [usize; 4], classes: usize) -> u64 {
+    let conv = |cin: usize, cout: usize, k: usize, hw: usize| (cin * cout * k * k * hw * hw) as u64;
+    let mut total = conv(3, f[0], 3, 32);
+    let (mut inplanes, mut hw) = (f[0], 32);
+    for (s, &planes) in f[1..].iter().enumerate() {
+        for b in 0..blocks[s] {
+            if b == 0 && s > 0 {
+                hw /= 2;
+            }
+            total += conv(inplanes, planes, 3, hw) + conv(planes, planes, 3, hw);
+            if inplanes != planes {
+                total += conv(inplanes, planes, 1, hw);
+            }
+            inplanes = planes;
+        }
+    }
+    total + (f[3] * classes) as u64
+}
+
+#[test]
+fn features_follow_mdistiller_and_costs_match_the_definition() {
+    use kdscout::models::{build, cost};
+    let mut rng = Rng::seed(2);
+    let x = Tensor::randn([2, 3, 32, 32], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
+    let net = build("resnet_d135", 100, &mut rng, Device::Cpu).unwrap();
+    let f = net.forward_features(&x).unwrap();
+    let dims: Vec<Vec<usize>> = f.stages.iter().map(|t| t.dims().to_vec()).collect();
+    assert_eq!(dims, [vec![2, 16, 32, 32], vec![2, 16, 32, 32], vec![2, 32, 16, 16], vec![2, 64, 8, 8]]);
+    assert_eq!(f.final_map().dims(), &[2, 64, 8, 8]);
+    assert_eq!(f.pooled.dims(), &[2, 64]);
+    assert_eq!(f.logits.dims(), &[2, 100]);
+    // Stage outputs are the relu of their pre-activations; the pre-activations have negatives.
+    for (post, pre) in f.stages.iter().zip(&f.preact_stages).skip(1) {
+        let (post, pre) = (post.to_vec().unwrap(), pre.to_vec().unwrap());
+        assert!(pre.iter().any(|v| *v < 0.0));
+        assert!(post.iter().zip(&pre).all(|(a, b)| *a == b.max(0.0)));
+    }
+    assert_eq!(net.forward(&x).unwrap().to_vec().unwrap().len(), 200);
+
+    let c = cost("resnet20", 100).unwrap();
+    assert_eq!(c.params, 278_324);
+    assert_eq!(c.macs, resnet_macs([3, 3, 3], [16, 16, 32, 64], 100));
+    assert_eq!(c.macs, 40_818_944, "resnet20 is 41M FLOPs (MACs) in the papers' tables");
+    let d = cost("resnet_d557", 100).unwrap();
+    assert_eq!(d.macs, resnet_macs([5, 5, 7], [16, 16, 32, 64], 100));
+
+    for bad in ["resnet_d22", "resnet_d1357", "resnet_d124", "resnet_dabc", "resnet_x"] {
+        let msg = build(bad, 10, &mut rng, Device::Cpu).err().unwrap_or_else(|| panic!("{bad} accepted")).to_string();
+        assert!(msg.contains(bad), "{msg}");
+    }
+}

@@ -1,14 +1,25 @@
-//! The model zoo. So far the CIFAR ResNets of RepDistiller/mdistiller; the rest of the zoo
-//! (wrn, vgg, MobileNetV2, ShuffleNets, NAS-Bench-201 cells, ViT) joins with the model-zoo issue.
+//! The model zoo, by the names mdistiller/RepDistiller users type (`resnet20`, `resnet8x4`, ...),
+//! plus the searchable families: `resnet_dXYZ` (DisWOT's depth space). Every network implements
+//! [`Network`], whose [`Features`] are all that proxies and distillers read.
 
+pub mod features;
 pub mod resnet;
 pub mod small_cnn;
 
+pub use features::{Features, Network};
 pub use resnet::CifarResNet;
 pub use small_cnn::small_cnn;
 
+use crate::autograd::no_grad;
 use crate::rng::Rng;
+use crate::tensor::macs::count_macs;
+use crate::tensor::Tensor;
 use crate::{invalid_err, Device, Result};
+
+/// The fixed names of the zoo, as the original repositories spell them (the searchable families
+/// `resnet_dXYZ` are generated, not listed).
+pub const ZOO: &[&str] =
+    &["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4"];
 
 /// A CIFAR ResNet by its mdistiller/RepDistiller name (`resnet20`, `resnet8x4`, ...).
 pub fn cifar_resnet(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Result<CifarResNet> {
@@ -28,4 +39,54 @@ pub fn cifar_resnet(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) 
         ),
     };
     CifarResNet::new(depth, filters, num_classes, rng, dev)
+}
+
+/// DisWOT's depth space: `resnet_dXYZ` is a CIFAR ResNet-20 (widths 16/16/32/64) with X, Y, Z
+/// BasicBlocks in its three stages, each in {1, 3, 5, 7}.
+pub fn resnet_depths(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Result<CifarResNet> {
+    let digits = name.strip_prefix("resnet_d").unwrap_or(name);
+    let blocks: Vec<usize> = digits.chars().filter_map(|c| c.to_digit(10).map(|d| d as usize)).collect();
+    if blocks.len() != 3 || digits.len() != 3 || blocks.iter().any(|d| ![1, 3, 5, 7].contains(d)) {
+        invalid_err!(
+            "model",
+            "'{name}' is not in the DisWOT depth space: write resnet_dXYZ with X, Y, Z in {{1,3,5,7}} (e.g. resnet_d557)"
+        );
+    }
+    CifarResNet::with_stage_depths([blocks[0], blocks[1], blocks[2]], [16, 16, 32, 64], num_classes, rng, dev)
+}
+
+/// Builds any network of the zoo by name, randomly initialised the way its original repository
+/// initialises it (the rng drives every draw).
+pub fn build(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Result<Box<dyn Network>> {
+    if num_classes == 0 {
+        invalid_err!("model", "'{name}' needs at least one class");
+    }
+    if name.starts_with("resnet_d") {
+        return Ok(Box::new(resnet_depths(name, num_classes, rng, dev)?));
+    }
+    if name.starts_with("resnet") && ZOO.contains(&name) {
+        return Ok(Box::new(cifar_resnet(name, num_classes, rng, dev)?));
+    }
+    invalid_err!("model", "unknown model '{name}': use a name of `kdscout models` ({}), or resnet_dXYZ", ZOO.join(", "))
+}
+
+/// Size and cost of a network: trainable parameters and multiply-accumulates of one 32x32
+/// image (the "FLOPs" of thop/ptflops and of the KD papers' tables).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelCost {
+    pub params: usize,
+    pub macs: u64,
+}
+
+/// Counts parameters and the MACs of a forward pass on one [1, 3, 32, 32] input, on a fresh copy
+/// of the named network (a forward pass in training mode would move a live network's BN
+/// running statistics).
+pub fn cost(name: &str, num_classes: usize) -> Result<ModelCost> {
+    let mut net = build(name, num_classes, &mut Rng::seed(0), Device::Cpu)?;
+    crate::nn::eval(net.as_mut());
+    let x = Tensor::zeros([1, 3, 32, 32], Device::Cpu)?;
+    let _g = no_grad();
+    let (out, macs) = count_macs(|| net.forward(&x));
+    out?;
+    Ok(ModelCost { params: net.num_parameters(), macs })
 }

@@ -3,6 +3,7 @@
 //! shortcut where the shape changes; convs initialised kaiming-normal (fan_out), BN to 1/0.
 //! Parameter names match their state dicts (`layer1.0.conv1.weight`, `layer2.0.downsample.0.weight`).
 
+use crate::models::{Features, Network};
 use crate::module_boilerplate;
 use crate::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Init, Linear, Module, Sequential};
 use crate::rng::Rng;
@@ -43,15 +44,23 @@ impl BasicBlock {
     }
 }
 
-impl Module for BasicBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl BasicBlock {
+    /// The block's output and the same sum before the final relu (mdistiller's `preact`).
+    pub fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let out = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
         let out = self.bn2.forward(&self.conv2.forward(&out)?)?;
         let residual = match &self.downsample {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        out.add(&residual)?.relu()
+        let pre = out.add(&residual)?;
+        Ok((pre.relu()?, pre))
+    }
+}
+
+impl Module for BasicBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_preact(x)?.0)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut v: Vec<(String, &dyn Module)> = vec![
@@ -75,7 +84,8 @@ impl Module for BasicBlock {
     module_boilerplate!();
 }
 
-/// RepDistiller's `ResNet(depth, num_filters)`: depth = 6n + 2 with n blocks per stage.
+/// RepDistiller's `ResNet(depth, num_filters)`: depth = 6n + 2 with n blocks per stage; or
+/// per-stage block counts (the DisWOT depth space, `resnet_d557`).
 pub struct CifarResNet {
     conv1: Conv2d,
     bn1: BatchNorm2d,
@@ -99,11 +109,26 @@ impl CifarResNet {
             invalid_err!("resnet", "depth {depth} must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)");
         }
         let n = (depth - 2) / 6;
+        Self::with_stage_depths([n, n, n], filters, num_classes, rng, dev)
+    }
+
+    /// Blocks per stage given one by one: `resnet_d557` = `with_stage_depths([5, 5, 7],
+    /// [16, 16, 32, 64], ..)`.
+    pub fn with_stage_depths(
+        blocks: [usize; 3],
+        filters: [usize; 4],
+        num_classes: usize,
+        rng: &mut Rng,
+        dev: Device,
+    ) -> Result<CifarResNet> {
+        if blocks.contains(&0) {
+            invalid_err!("resnet", "every stage needs at least one block, got {blocks:?}");
+        }
         let conv1 = conv(3, filters[0], 3, 1, rng, dev)?;
         let bn1 = BatchNorm2d::new(filters[0], dev)?;
         let mut inplanes = filters[0];
         let mut stages = Vec::new();
-        for (planes, stride) in [(filters[1], 1), (filters[2], 2), (filters[3], 2)] {
+        for ((planes, stride), n) in [(filters[1], 1), (filters[2], 2), (filters[3], 2)].into_iter().zip(blocks) {
             let mut s = Sequential::new();
             for i in 0..n {
                 s = s.with(BasicBlock::new(inplanes, planes, if i == 0 { stride } else { 1 }, rng, dev)?);
@@ -120,12 +145,43 @@ impl CifarResNet {
     }
 }
 
+/// Runs a stage of BasicBlocks, returning its output and the last block's pre-activation sum.
+fn stage_preact(stage: &Sequential, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (mut x, mut pre) = (x.clone(), x.clone());
+    for block in stage.layers() {
+        let b = block
+            .as_any()
+            .downcast_ref::<BasicBlock>()
+            .ok_or_else(|| crate::Error::invalid("resnet", "stage of BasicBlocks"))?;
+        (x, pre) = b.forward_preact(&x)?;
+    }
+    Ok((x, pre))
+}
+
+impl Network for CifarResNet {
+    fn forward_features(&self, x: &Tensor) -> Result<Features> {
+        let f0 = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
+        let (f1, p1) = stage_preact(&self.layer1, &f0)?;
+        let (f2, p2) = stage_preact(&self.layer2, &f1)?;
+        let (f3, p3) = stage_preact(&self.layer3, &f2)?;
+        let pooled = f3.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
+        let logits = self.fc.forward(&pooled)?;
+        Ok(Features {
+            stages: vec![f0.clone(), f1, f2, f3],
+            preact_stages: vec![f0, p1, p2, p3],
+            final_map: 3,
+            pooled,
+            logits,
+        })
+    }
+    fn classifier(&self) -> &Linear {
+        &self.fc
+    }
+}
+
 impl Module for CifarResNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
-        let x = self.layer3.forward(&self.layer2.forward(&self.layer1.forward(&x)?)?)?;
-        let pooled = x.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
-        self.fc.forward(&pooled)
+        Ok(self.forward_features(x)?.logits)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         vec![

@@ -3,6 +3,7 @@
 //! `Result` whose error names the shapes involved, and records itself for autograd only when
 //! one of its inputs requires a gradient and recording is enabled.
 
+pub mod macs;
 mod ops;
 mod shape;
 

@@ -318,6 +318,7 @@ impl Tensor {
             a_broadcast: a_batch != batch,
             b_broadcast: b_batch != batch,
         };
+        super::macs::record((batch * m * ka * n) as u64);
         let s = self.backend().matmul(&self.storage(), &other.storage(), &g)?;
         let mut out = lead;
         out.extend([m, n]);
@@ -358,6 +359,7 @@ impl Tensor {
             h_out: window_out("conv2d", x[2], k[2], stride.0, pad.0)?,
             w_out: window_out("conv2d", x[3], k[3], stride.1, pad.1)?,
         };
+        super::macs::record((g.n * g.c_out * g.h_out * g.w_out * k[1] * g.kh * g.kw) as u64);
         let s = self.backend().conv2d(&self.storage(), &w.storage(), &g)?;
         Ok(Tensor::from_op(s, [g.n, g.c_out, g.h_out, g.w_out], Op::Conv2d { x: self.clone(), w: w.clone(), g }))
     }
