@@ -3,12 +3,16 @@
 //! [`Network`], whose [`Features`] are all that proxies and distillers read.
 
 pub mod features;
+pub mod nb201;
 pub mod resnet;
 pub mod small_cnn;
+pub mod vit;
 
 pub use features::{Features, Network};
+pub use nb201::{Nb201Genotype, Nb201Network, Nb201Op};
 pub use resnet::CifarResNet;
 pub use small_cnn::small_cnn;
+pub use vit::{VisionTransformer, VitConfig};
 
 use crate::autograd::no_grad;
 use crate::rng::Rng;
@@ -67,7 +71,17 @@ pub fn build(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Resu
     if name.starts_with("resnet") && ZOO.contains(&name) {
         return Ok(Box::new(cifar_resnet(name, num_classes, rng, dev)?));
     }
-    invalid_err!("model", "unknown model '{name}': use a name of `kdscout models` ({}), or resnet_dXYZ", ZOO.join(", "))
+    if name.starts_with('|') {
+        return Ok(Box::new(Nb201Network::tiny(Nb201Genotype::parse(name)?, num_classes, rng, dev)?));
+    }
+    if name.starts_with("vit_") {
+        return Ok(Box::new(VisionTransformer::new(&VitConfig::parse(name)?, num_classes, rng, dev)?));
+    }
+    invalid_err!(
+        "model",
+        "unknown model '{name}': use a name of `kdscout models` ({}), resnet_dXYZ, a NAS-Bench-201 string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or vit_e192_d12_h3_r4",
+        ZOO.join(", ")
+    )
 }
 
 /// Size and cost of a network: trainable parameters and multiply-accumulates of one 32x32
