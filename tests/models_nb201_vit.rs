@@ -504,3 +504,101 @@ fn vit_features_forward_and_backward() {
     let bad = Tensor::zeros([1, 3, 16, 16], Device::Cpu).unwrap();
     assert!(net.forward(&bad).unwrap_err().to_string().contains("[B, 3, 32, 32]"));
 }
+
+// ==================================================================== against PyTorch
+
+// Printed by tests/fixtures/nb201_vit_reference.py: eval-mode logits of the same networks
+// re-stated in PyTorch, with every state-dict entry filled by `fill` below.
+#[allow(clippy::excessive_precision)]
+const NB201_LOGITS: [f32; 20] = [
+    1.0621964e+03,
+    -7.3983905e+02,
+    -1.2367927e+03,
+    4.4822623e+02,
+    1.3421902e+03,
+    -1.3213564e+02,
+    -1.3732754e+03,
+    -1.9120088e+02,
+    1.3284840e+03,
+    5.0444916e+02,
+    2.0933081e+03,
+    -1.1700947e+03,
+    -2.3692563e+03,
+    6.1171643e+02,
+    2.5131660e+03,
+    -1.9788307e+01,
+    -2.5177864e+03,
+    -5.7315179e+02,
+    2.3830217e+03,
+    1.1348091e+03,
+];
+#[allow(clippy::excessive_precision)]
+const VIT_LOGITS: [f32; 20] = [
+    -8.3572976e-02,
+    -5.2464312e-01,
+    -4.5377308e-01,
+    1.2168550e-01,
+    6.5001273e-01,
+    6.1880594e-01,
+    9.7959943e-02,
+    -3.4033936e-01,
+    -2.3799667e-01,
+    2.5861329e-01,
+    -5.9180312e-02,
+    -5.0910199e-01,
+    -4.6377814e-01,
+    9.6881859e-02,
+    6.3705587e-01,
+    6.3161463e-01,
+    1.2277467e-01,
+    -3.3017570e-01,
+    -2.5340214e-01,
+    2.3418775e-01,
+];
+
+/// The script's `pattern`: entry j of the state dict (in order), element k.
+fn fill(net: &dyn Module) {
+    for (j, (name, t)) in net.state_dict().into_iter().enumerate() {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let dims = t.dims().to_vec();
+        let (base, amp) = if name.ends_with("running_var") {
+            (1.0, 0.5)
+        } else if dims.len() == 1 {
+            (if name.ends_with("weight") { 1.0 } else { 0.0 }, 0.2)
+        } else {
+            (0.0, 1.0 / ((t.numel() / dims[0]) as f64).sqrt())
+        };
+        let v: Vec<f32> =
+            (0..t.numel()).map(|k| (base + amp * (0.37 * k as f64 + 1.3 * j as f64).sin()) as f32).collect();
+        t.copy_from_slice(&v).unwrap();
+    }
+}
+
+fn reference_batch() -> Tensor {
+    let v: Vec<f32> =
+        (0..2 * 3 * 32 * 32).map(|k| ((0.05 * k as f64).sin() + 0.5 * (0.013 * k as f64).cos()) as f32).collect();
+    Tensor::from_vec(v, [2, 3, 32, 32], Device::Cpu).unwrap()
+}
+
+fn assert_close_to(got: &[f32], want: &[f32], what: &str) {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 2e-5 * scale + 1e-6, "{what}[{i}]: {a} vs PyTorch {b} (scale {scale})");
+    }
+    assert_eq!(got.len(), want.len());
+}
+
+#[test]
+fn nb201_and_vit_logits_match_pytorch() {
+    let mut nb = build(&arch(MIXED), 10, &mut Rng::seed(0), Device::Cpu).unwrap();
+    fill(nb.as_ref());
+    kdscout::nn::eval(nb.as_mut());
+    assert_close_to(&nb.forward(&reference_batch()).unwrap().to_vec().unwrap(), &NB201_LOGITS, "nb201");
+
+    let mut vit = build("vit_e48_h3-4-2_r2-4-1.5", 10, &mut Rng::seed(0), Device::Cpu).unwrap();
+    fill(vit.as_ref());
+    kdscout::nn::eval(vit.as_mut());
+    assert_close_to(&vit.forward(&reference_batch()).unwrap().to_vec().unwrap(), &VIT_LOGITS, "vit");
+}
