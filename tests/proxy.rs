@@ -359,3 +359,104 @@ fn registry_names_are_unique_and_unknown_names_list_them() {
     let err = proxy::by_name("synflw").err().unwrap().to_string();
     assert!(err.contains("synflw") && err.contains("grad_norm"), "{err}");
 }
+
+/// conv3x3(3→4, pad 1) → BN → ReLU as the final map, GAP, Linear: small enough for an f64 Zen-score.
+struct ConvBnNet {
+    conv: kdscout::nn::Conv2d,
+    bn: kdscout::nn::BatchNorm2d,
+    fc: Linear,
+}
+
+impl Module for ConvBnNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_features(x)?.logits)
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("conv".into(), &self.conv), ("bn".into(), &self.bn), ("fc".into(), &self.fc)]
+    }
+    fn children_mut(&mut self) -> Vec<&mut dyn Module> {
+        vec![&mut self.conv, &mut self.bn, &mut self.fc]
+    }
+    module_boilerplate!();
+}
+
+impl Network for ConvBnNet {
+    fn forward_features(&self, x: &Tensor) -> Result<Features> {
+        let pre = self.bn.forward(&self.conv.forward(x)?)?;
+        let map = pre.relu()?;
+        let pooled = map.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
+        let logits = self.fc.forward(&pooled)?;
+        Ok(Features { stages: vec![map.clone()], preact_stages: vec![pre], final_map: 0, pooled, logits })
+    }
+    fn classifier(&self) -> &Linear {
+        &self.fc
+    }
+}
+
+#[test]
+fn zen_score_matches_an_f64_recomputation() {
+    use kdscout::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Init};
+    let (b, cin, cout, hw) = (3, 3, 4, 4);
+    let ctx = context(21, [b, cin, hw, hw], K as u32);
+    let build = || -> Result<Box<dyn Network>> {
+        let rng = &mut Rng::seed(6);
+        let conv = Conv2d::new(cin, cout, 3, Conv2dConfig::default().padding(1).bias(false), rng, DEV)?;
+        Ok(Box::new(ConvBnNet { conv, bn: BatchNorm2d::new(cout, DEV)?, fc: Linear::new(cout, K, true, rng, DEV)? }))
+    };
+    let got = proxy::by_name("zen").unwrap().score(&ctx, &build).unwrap();
+
+    // The same draws the proxy makes: Gaussian re-init of a fresh copy, then x and ε.
+    let net = build().unwrap();
+    let mut rng = ctx.rng_for("zen");
+    Init::Normal { mean: 0.0, std: 1.0 }.apply(net.as_ref(), &mut rng).unwrap();
+    let x = f64s(&Tensor::randn([b, cin, hw, hw], 0.0, 1.0, &mut rng, DEV).unwrap());
+    let eps = f64s(&Tensor::randn([b, cin, hw, hw], 0.0, 1.0, &mut rng, DEV).unwrap());
+    let xm: Vec<f64> = x.iter().zip(&eps).map(|(a, e)| a + 0.01 * e).collect();
+    let conv = net.as_any().downcast_ref::<ConvBnNet>().unwrap().conv.weight.clone();
+    let w = f64s(&conv);
+    // Naive conv, train-mode BN (γ=1, β=0, eps 1e-5), ReLU; returns the map and the unbiased
+    // per-channel batch variances BN folds into running_var.
+    let forward = |x: &[f64]| -> (Vec<f64>, Vec<f64>) {
+        let mut y = vec![0.0; b * cout * hw * hw];
+        for n in 0..b {
+            for o in 0..cout {
+                for i in 0..hw {
+                    for j in 0..hw {
+                        let mut s = 0.0;
+                        for c in 0..cin {
+                            for ki in 0..3 {
+                                for kj in 0..3 {
+                                    let (ii, jj) = (i as isize + ki as isize - 1, j as isize + kj as isize - 1);
+                                    if ii >= 0 && jj >= 0 && (ii as usize) < hw && (jj as usize) < hw {
+                                        s += w[((o * cin + c) * 3 + ki) * 3 + kj]
+                                            * x[((n * cin + c) * hw + ii as usize) * hw + jj as usize];
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * cout + o) * hw + i) * hw + j] = s;
+                    }
+                }
+            }
+        }
+        let m = (b * hw * hw) as f64;
+        let mut unbiased = vec![0.0; cout];
+        for o in 0..cout {
+            let idx: Vec<usize> =
+                (0..b).flat_map(|n| (0..hw * hw).map(move |k| (n * cout + o) * hw * hw + k)).collect();
+            let mean = idx.iter().map(|&k| y[k]).sum::<f64>() / m;
+            let var = idx.iter().map(|&k| (y[k] - mean).powi(2)).sum::<f64>() / m;
+            for &k in &idx {
+                y[k] = ((y[k] - mean) / (var + 1e-5).sqrt()).max(0.0);
+            }
+            unbiased[o] = var * m / (m - 1.0);
+        }
+        (y, unbiased)
+    };
+    let ((f1, v1), (f2, v2)) = (forward(&x), forward(&xm));
+    let delta = f1.iter().zip(&f2).map(|(a, c)| (a - c).abs()).sum::<f64>() / b as f64;
+    let rv: Vec<f64> = v1.iter().zip(&v2).map(|(a, c)| 0.9 * (0.9 + 0.1 * a) + 0.1 * c).collect();
+    let log_bn = (rv.iter().sum::<f64>() / cout as f64).sqrt().ln();
+    close(got.value, delta.ln() + log_bn, 1e-3, "zen");
+    close(got.terms[1].1, log_bn, 1e-4, "zen BN term");
+}

@@ -10,6 +10,8 @@
 
 pub mod diswot;
 pub mod linalg;
+pub mod rank;
+pub mod run;
 pub mod zero_cost;
 
 use crate::models::{self, Features, Network};
