@@ -12,6 +12,7 @@ pub mod error;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod proxy;
 pub mod rng;
 pub mod tensor;
 pub mod train;

@@ -192,7 +192,7 @@ impl Grads {
 }
 
 /// Reverse-mode sweep from a scalar `root`.
-pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
+pub(crate) fn backward(root: &Tensor, keep: &[Tensor]) -> Result<Grads> {
     if root.numel() != 1 {
         return Err(Error::shape("backward", format!("the loss must have one element, got shape {}", root.shape())));
     }
@@ -201,6 +201,7 @@ pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
     }
     let _guard = no_grad();
     let order = topological_order(root);
+    let keep_ids: HashSet<TensorId> = keep.iter().map(|t| t.id()).collect();
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), Tensor::ones(root.shape().clone(), root.device())?);
     for node in order.iter().rev() {
@@ -209,8 +210,10 @@ pub(crate) fn backward(root: &Tensor) -> Result<Grads> {
             continue;
         };
         let input_grads = backward_rule(op, node, &grad)?;
-        // Intermediate gradients are dropped once used; leaves keep theirs.
-        grads.remove(&node.id());
+        // Intermediate gradients are dropped once used (unless asked for); leaves keep theirs.
+        if !keep_ids.contains(&node.id()) {
+            grads.remove(&node.id());
+        }
         for (input, g) in op.inputs().into_iter().zip(input_grads) {
             let Some(g) = g else { continue };
             if !input.requires_grad() {

@@ -7,6 +7,7 @@ use crate::module_boilerplate;
 use crate::nn::init;
 use crate::nn::module::{LocalTensor, Module};
 use crate::rng::Rng;
+use crate::tensor::taps::{self, TapKind};
 use crate::tensor::Tensor;
 use crate::{invalid_err, shape_err};
 
@@ -113,11 +114,12 @@ impl Module for Conv2d {
         if x.rank() != 4 || x.dims()[1] != self.in_channels {
             shape_err!("Conv2d", "expected input [n, {}, h, w], got {}", self.in_channels, x.shape());
         }
-        let y = x.conv2d(&self.weight, self.config.stride, self.config.padding, self.config.groups)?;
-        match &self.bias {
-            Some(b) => y.add(&b.reshape([1, self.out_channels, 1, 1])?),
-            None => Ok(y),
+        let mut y = x.conv2d(&self.weight, self.config.stride, self.config.padding, self.config.groups)?;
+        if let Some(b) = &self.bias {
+            y = y.add(&b.reshape([1, self.out_channels, 1, 1])?)?;
         }
+        taps::record(TapKind::LayerOutput, &y);
+        Ok(y)
     }
     fn local_tensors(&self) -> Vec<LocalTensor> {
         let mut v = vec![LocalTensor::param("weight", &self.weight)];
@@ -171,6 +173,7 @@ impl Module for Linear {
         if x.rank() == 1 {
             y = y.reshape([self.out_features])?;
         }
+        taps::record(TapKind::LayerOutput, &y);
         Ok(y)
     }
     fn local_tensors(&self) -> Vec<LocalTensor> {
@@ -184,6 +187,34 @@ impl Module for Linear {
 }
 
 // ====================================================================== BatchNorm
+
+thread_local! {
+    static BYPASS_BATCHNORM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, every BatchNorm on this thread is the identity (zero-cost-nas's `bn=False`
+/// measures, e.g. SynFlow, score the network with its BatchNorms removed).
+pub struct BatchNormBypass {
+    previous: bool,
+}
+
+impl BatchNormBypass {
+    pub fn new() -> BatchNormBypass {
+        BatchNormBypass { previous: BYPASS_BATCHNORM.with(|b| b.replace(true)) }
+    }
+}
+
+impl Default for BatchNormBypass {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BatchNormBypass {
+    fn drop(&mut self) {
+        BYPASS_BATCHNORM.with(|b| b.set(self.previous));
+    }
+}
 
 /// `nn.BatchNorm2d` / `nn.BatchNorm1d`: normalises dim 1 of [n, c, ...]. In train mode it
 /// uses batch statistics and updates `running_mean`, `running_var` (unbiased) and
@@ -292,6 +323,9 @@ impl Module for BatchNorm {
                 self.num_features,
                 x.shape()
             );
+        }
+        if BYPASS_BATCHNORM.with(|b| b.get()) {
+            return Ok(x.clone());
         }
         let (w, b) = self.affine()?;
         if !self.training {

@@ -9,7 +9,7 @@ pub mod module;
 pub use attention::MultiHeadSelfAttention;
 pub use init::{FanMode, Init};
 pub use layers::{
-    Activation, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, BatchNorm2d, Conv2d, Conv2dConfig, Flatten, Lambda, LayerNorm,
-    Linear, MaxPool2d, Sequential,
+    Activation, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, BatchNorm2d, BatchNormBypass, Conv2d, Conv2dConfig, Flatten,
+    Lambda, LayerNorm, Linear, MaxPool2d, Sequential,
 };
 pub use module::{eval, train, LoadReport, LocalTensor, Module, TensorKind};

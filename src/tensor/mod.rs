@@ -6,6 +6,7 @@
 pub mod macs;
 mod ops;
 mod shape;
+pub mod taps;
 
 pub use shape::Shape;
 
@@ -259,6 +260,12 @@ impl Tensor {
 
     /// Gradients of this scalar w.r.t. every tracked leaf reachable from it.
     pub fn backward(&self) -> Result<autograd::Grads> {
-        autograd::backward(self)
+        autograd::backward(self, &[])
+    }
+
+    /// Like `backward`, also keeping the gradients of the given intermediate tensors (which a
+    /// plain backward drops once used), as PyTorch's `retain_grad` does.
+    pub fn backward_retaining(&self, keep: &[Tensor]) -> Result<autograd::Grads> {
+        autograd::backward(self, keep)
     }
 }

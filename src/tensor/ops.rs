@@ -37,6 +37,7 @@ impl Tensor {
         Ok(Tensor::from_op(s, self.shape().clone(), Op::Unary { op, x: self.clone() }))
     }
     pub fn relu(&self) -> Result<Tensor> {
+        super::taps::record(super::taps::TapKind::ReluInput, self);
         self.unary(UnaryOp::Relu)
     }
     pub fn relu6(&self) -> Result<Tensor> {

@@ -1,0 +1,123 @@
+//! Scoring candidates one after another (streaming: one network alive at a time besides the
+//! teacher's cached view), producing one JSON-serialisable record per candidate.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Candidate, Proxy, ScoringContext};
+use crate::models::Network;
+use crate::Result;
+
+/// One proxy's outcome for one candidate. `score` is null unless `status` is "ok": a non-finite
+/// value is reported as "nonfinite", never clamped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxyOutcome {
+    pub score: Option<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub terms: BTreeMap<String, f64>,
+    pub higher_is_better: bool,
+    pub time_s: f64,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The `results.jsonl` record of one candidate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CandidateRecord {
+    pub arch: String,
+    pub teacher: Option<String>,
+    pub seed: u64,
+    pub init: super::InitMode,
+    pub batch: usize,
+    /// Trainable parameters in millions.
+    pub params_m: Option<f64>,
+    /// Multiply-accumulates of one image in millions.
+    pub flops_m: Option<f64>,
+    /// "ok" when every proxy gave a finite score, else "nonfinite" or "error".
+    pub status: String,
+    pub scores: BTreeMap<String, ProxyOutcome>,
+}
+
+/// A candidate's weight seed from the run seed and its name, so its score does not depend on
+/// where it sits in a candidates file (shards and merged runs agree).
+pub fn candidate_seed(run_seed: u64, name: &str) -> u64 {
+    name.bytes().fold(run_seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Scores one candidate with every proxy, never failing as a whole: a proxy's error is recorded
+/// in its outcome (a candidate that cannot be built is recorded with status "error").
+pub fn score_candidate(ctx: &ScoringContext, candidate: &Candidate, proxies: &[Box<dyn Proxy>]) -> CandidateRecord {
+    let build = || candidate.build();
+    let size = build().and_then(|net| Ok((net.num_parameters(), macs_of(net.as_ref(), ctx)?)));
+    let mut record = CandidateRecord {
+        arch: candidate.name.clone(),
+        teacher: ctx.teacher.as_ref().map(|t| t.name.clone()),
+        seed: candidate.seed,
+        init: candidate.init,
+        batch: ctx.labels.len(),
+        params_m: None,
+        flops_m: None,
+        status: "ok".into(),
+        scores: BTreeMap::new(),
+    };
+    match size {
+        Ok((params, macs)) => {
+            record.params_m = Some(params as f64 / 1e6);
+            record.flops_m = Some(macs as f64 / 1e6);
+        }
+        Err(e) => {
+            record.status = "error".into();
+            for p in proxies {
+                record.scores.insert(p.info().name.into(), failed(p.as_ref(), 0.0, e.to_string()));
+            }
+            return record;
+        }
+    }
+    for p in proxies {
+        let start = Instant::now();
+        let outcome = match p.score(ctx, &build) {
+            Ok(s) => {
+                let finite = s.value.is_finite();
+                ProxyOutcome {
+                    score: finite.then_some(s.value),
+                    terms: s.terms.into_iter().filter(|(_, v)| v.is_finite()).collect(),
+                    higher_is_better: p.info().higher_is_better,
+                    time_s: start.elapsed().as_secs_f64(),
+                    status: if finite { "ok" } else { "nonfinite" }.into(),
+                    error: None,
+                }
+            }
+            Err(e) => failed(p.as_ref(), start.elapsed().as_secs_f64(), e.to_string()),
+        };
+        if outcome.status != "ok" && record.status != "error" {
+            record.status = outcome.status.clone();
+        }
+        record.scores.insert(p.info().name.into(), outcome);
+    }
+    record
+}
+
+fn failed(p: &dyn Proxy, time_s: f64, error: String) -> ProxyOutcome {
+    ProxyOutcome {
+        score: None,
+        terms: BTreeMap::new(),
+        higher_is_better: p.info().higher_is_better,
+        time_s,
+        status: "error".into(),
+        error: Some(error),
+    }
+}
+
+fn macs_of(net: &dyn Network, ctx: &ScoringContext) -> Result<u64> {
+    let d = ctx.images.dims();
+    let x = crate::Tensor::zeros([1, d[1], d[2], d[3]], ctx.images.device())?;
+    // Eval-mode semantics are not needed for counting, but a train-mode pass would move this
+    // throwaway copy's running statistics; nothing else sees it.
+    let _g = crate::autograd::no_grad();
+    let (out, macs) = crate::tensor::macs::count_macs(|| net.forward(&x));
+    out?;
+    Ok(macs)
+}
