@@ -109,7 +109,10 @@ fn conv_ref(
                     for ic in 0..c {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let (iy, ix) = ((y * stride + ky) as isize - pad as isize, (xx * stride + kx) as isize - pad as isize);
+                                let (iy, ix) = (
+                                    (y * stride + ky) as isize - pad as isize,
+                                    (xx * stride + kx) as isize - pad as isize,
+                                );
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                     s += x[((b * c + ic) * h + iy as usize) * w + ix as usize]
                                         * wt[((oc * c + ic) * kh + ky) * kw + kx];
@@ -131,8 +134,7 @@ fn conv_transpose_ref(
     x: &[f64],
     [n, c, h, w]: [usize; 4],
     wt: &[f64],
-    o: usize,
-    k: usize,
+    [o, k]: [usize; 2],
     bias: &[f64],
     stride: usize,
     pad: usize,
@@ -153,7 +155,10 @@ fn conv_transpose_ref(
                     for oc in 0..o {
                         for ky in 0..k {
                             for kx in 0..k {
-                                let (oy, ox) = ((y * stride + ky) as isize - pad as isize, (xx * stride + kx) as isize - pad as isize);
+                                let (oy, ox) = (
+                                    (y * stride + ky) as isize - pad as isize,
+                                    (xx * stride + kx) as isize - pad as isize,
+                                );
                                 if oy >= 0 && ox >= 0 && (oy as usize) < ho && (ox as usize) < wo {
                                     out[((b * o + oc) * ho + oy as usize) * wo + ox as usize] +=
                                         v * wt[((ic * o + oc) * k + ky) * k + kx];
@@ -298,7 +303,8 @@ fn dist_matches_reference() {
     let (beta, gamma, t) = (2.0f32, 1.5f32, 4.0f32);
     let reference = |x: &[Vec<f64>]| {
         let (ys, yt) = (softmax_rows(&x[0], k, t as f64), softmax_rows(&x[1], k, t as f64));
-        let inter = 1.0 - (0..b).map(|n| pearson(&ys[n * k..(n + 1) * k], &yt[n * k..(n + 1) * k])).sum::<f64>() / b as f64;
+        let inter =
+            1.0 - (0..b).map(|n| pearson(&ys[n * k..(n + 1) * k], &yt[n * k..(n + 1) * k])).sum::<f64>() / b as f64;
         let col = |y: &[f64], j: usize| (0..b).map(|n| y[n * k + j]).collect::<Vec<_>>();
         let intra = 1.0 - (0..k).map(|j| pearson(&col(&ys, j), &col(&yt, j))).sum::<f64>() / k as f64;
         vec![(t * t) as f64 * (beta as f64 * inter + gamma as f64 * intra)]
@@ -405,6 +411,38 @@ fn ickd_matches_reference_and_code_quirk() {
     assert!((got - want).abs() <= 1e-4 * want.abs(), "ickd_compat {got} vs {want}");
 }
 
+/// METHODS §0.2's closed form of ICKD on DisWOT's K×C×1×1 class-gradient layout: row i of the
+/// normalised g·gᵀ is sign(g_i)·g/‖g‖ (zero when g_i = 0), so the loss is
+/// Σ_k [nnz(g^s_k) + nnz(g^t_k) − 2·cos(g^s_k, g^t_k)·Σ_i sign(g^s_ki)·sign(g^t_ki)] / (C·K);
+/// checked against the direct form on inputs with zero entries and a whole zero row.
+#[test]
+fn ickd_matches_its_closed_form_with_zero_rows() {
+    let (k, c) = (4, 5);
+    let mut gs = rand_vec(k * c, 57);
+    let gt = rand_vec(k * c, 58);
+    for i in [1, 7, 8, 13] {
+        gs[i] = 0.0;
+    }
+    for v in &mut gs[15..20] {
+        *v = 0.0; // class 3 of the student has no gradient at all
+    }
+    let got = distill::ickd(&tensor(&gs, &[k, c, 1, 1]), &tensor(&gt, &[k, c, 1, 1])).unwrap().item().unwrap() as f64;
+    let (gs, gt) = (common::to_f64(&gs), common::to_f64(&gt));
+    let mut total = 0.0;
+    for kk in 0..k {
+        let (a, b) = (&gs[kk * c..(kk + 1) * c], &gt[kk * c..(kk + 1) * c]);
+        let nnz = |v: &[f64]| v.iter().filter(|x| **x != 0.0).count() as f64;
+        let (na, nb) = (a.iter().map(|x| x * x).sum::<f64>().sqrt(), b.iter().map(|x| x * x).sum::<f64>().sqrt());
+        let cos =
+            if na == 0.0 || nb == 0.0 { 0.0 } else { a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (na * nb) };
+        let signs: f64 =
+            a.iter().zip(b).map(|(x, y)| x.signum() * y.signum() * (*x != 0.0 && *y != 0.0) as u8 as f64).sum();
+        total += nnz(a) + nnz(b) - 2.0 * cos * signs;
+    }
+    let want = total / (c * k) as f64;
+    assert!((got - want).abs() <= 1e-5 * want, "ickd {got} vs closed form {want}");
+}
+
 /// RepDistiller's AT map after pooling to (oh, ow): mean_c f², flattened, L2-normalised per sample.
 fn at_map(f: &[f64], [b, c, h, w]: [usize; 4], oh: usize, ow: usize) -> Vec<f64> {
     let p = adaptive_pool(f, b * c, h, w, oh, ow);
@@ -503,7 +541,8 @@ fn hcl_matches_reference() {
                         continue;
                     }
                     cnt /= 2.0;
-                    loss += cnt * mse_ref(&adaptive_pool(s, planes, h, d[3], l, l), &adaptive_pool(t, planes, h, d[3], l, l));
+                    loss += cnt
+                        * mse_ref(&adaptive_pool(s, planes, h, d[3], l, l), &adaptive_pool(t, planes, h, d[3], l, l));
                     tot += cnt;
                 }
                 total += loss / tot;
@@ -668,7 +707,8 @@ fn cc_matches_reference() {
         |x| distill::cc(&x[0], &x[1]),
         |x| {
             let delta: Vec<f64> = x[0].iter().zip(&x[1]).map(|(s, t)| (s - t).abs()).collect();
-            let s: f64 = (0..b - 1).map(|i| (0..d).map(|k| delta[i * d + k] * delta[(i + 1) * d + k]).sum::<f64>()).sum();
+            let s: f64 =
+                (0..b - 1).map(|i| (0..d).map(|k| delta[i * d + k] * delta[(i + 1) * d + k]).sum::<f64>()).sum();
             vec![s / (b - 1) as f64]
         },
         tol(1e-5, 1e-3),
@@ -679,7 +719,8 @@ fn cc_matches_reference() {
 
 /// Overwrites a module's parameter by name with seeded values in [-0.5, 0.5); returns them.
 fn set_param(m: &dyn Module, name: &str, seed: u64) -> Vec<f64> {
-    let (_, t) = m.named_parameters().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no parameter {name}"));
+    let (_, t) =
+        m.named_parameters().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no parameter {name}"));
     let v: Vec<f32> = rand_vec(t.numel(), seed).iter().map(|x| x * 0.5).collect();
     t.copy_from_slice(&v).unwrap();
     common::to_f64(&v)
@@ -704,7 +745,7 @@ fn fitnet_convreg_matches_reference_in_all_shape_cases() {
             |x| {
                 let (y, ho, wo) = match case {
                     0 => conv_ref(&x[0], ss, &w, [tc, 3, 3], &bias, 2, 1),
-                    1 => conv_transpose_ref(&x[0], ss, &w, tc, 4, &bias, 2, 1),
+                    1 => conv_transpose_ref(&x[0], ss, &w, [tc, 4], &bias, 2, 1),
                     _ => conv_ref(&x[0], ss, &w, [tc, 1 + ss[2] - ts[2], 1 + ss[3] - ts[3]], &bias, 1, 0),
                 };
                 assert_eq!((ho, wo), (ts[2], ts[3]), "reference output size");
@@ -727,14 +768,20 @@ fn cc_embed_feeds_both_linear_embeds() {
     let t = tensor(&rand_vec(15, 2), &[5, 3]);
     let loss = embed.loss(&s, &t).unwrap();
     let lin = |x: &[f64], l: &kdscout::nn::Linear| -> Vec<f64> {
-        let (w, bias) = (common::to_f64(&l.weight.to_vec().unwrap()), common::to_f64(&l.bias.as_ref().unwrap().to_vec().unwrap()));
+        let (w, bias) =
+            (common::to_f64(&l.weight.to_vec().unwrap()), common::to_f64(&l.bias.as_ref().unwrap().to_vec().unwrap()));
         let (i, o) = (l.in_features, l.out_features);
-        x.chunks(i).flat_map(|r| (0..o).map(|k| bias[k] + (0..i).map(|j| w[k * i + j] * r[j]).sum::<f64>()).collect::<Vec<_>>()).collect()
+        x.chunks(i)
+            .flat_map(|r| {
+                (0..o).map(|k| bias[k] + (0..i).map(|j| w[k * i + j] * r[j]).sum::<f64>()).collect::<Vec<_>>()
+            })
+            .collect()
     };
     let es = lin(&common::to_f64(&s.to_vec().unwrap()), &embed.embed_s);
     let et = lin(&common::to_f64(&t.to_vec().unwrap()), &embed.embed_t);
     let delta: Vec<f64> = es.iter().zip(&et).map(|(a, b)| (a - b).abs()).collect();
-    let want: f64 = (0..4).map(|i| (0..4).map(|k| delta[i * 4 + k] * delta[(i + 1) * 4 + k]).sum::<f64>()).sum::<f64>() / 4.0;
+    let want: f64 =
+        (0..4).map(|i| (0..4).map(|k| delta[i * 4 + k] * delta[(i + 1) * 4 + k]).sum::<f64>()).sum::<f64>() / 4.0;
     let got = loss.item().unwrap() as f64;
     assert!((got - want).abs() <= 1e-5 * want.abs().max(1e-3), "cc embed loss {got} vs {want}");
     let grads = loss.backward().unwrap();
@@ -752,7 +799,8 @@ fn norm_ft_folds_into_the_classifier() {
         if name.ends_with("running_mean") {
             t.copy_from_slice(&rand_vec(t.numel(), 200 + i as u64)).unwrap();
         } else if name.ends_with("running_var") {
-            t.copy_from_slice(&rand_vec(t.numel(), 210 + i as u64).iter().map(|x| 1.0 + x * 0.5).collect::<Vec<_>>()).unwrap();
+            t.copy_from_slice(&rand_vec(t.numel(), 210 + i as u64).iter().map(|x| 1.0 + x * 0.5).collect::<Vec<_>>())
+                .unwrap();
         }
     }
     for (i, (name, _)) in ft.named_parameters().into_iter().enumerate() {
@@ -767,8 +815,85 @@ fn norm_ft_folds_into_the_classifier() {
     assert_eq!(e.dims(), &[3, 12, 4, 4], "expanded width is N·C_t");
     let direct = fc.forward(&f2.adaptive_avg_pool2d(1, 1).unwrap().flatten_from(1).unwrap()).unwrap().to_vec().unwrap();
     let folded = ft.fold_into(&fc).unwrap();
-    let via_fold = folded.forward(&f.adaptive_avg_pool2d(1, 1).unwrap().flatten_from(1).unwrap()).unwrap().to_vec().unwrap();
+    let via_fold =
+        folded.forward(&f.adaptive_avg_pool2d(1, 1).unwrap().flatten_from(1).unwrap()).unwrap().to_vec().unwrap();
     common::assert_close(&via_fold, &common::to_f64(&direct), 1e-4, 1e-5, "folded NORM classifier");
+}
+
+/// PyTorch nearest resize of [planes, h, w] to [oh, ow]: src = floor(dst·in/out).
+fn nearest_ref(x: &[f64], planes: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(planes * oh * ow);
+    for p in 0..planes {
+        for y in 0..oh {
+            for xx in 0..ow {
+                out.push(x[(p * h + y * h / oh) * w + xx * w / ow]);
+            }
+        }
+    }
+    out
+}
+
+/// ReviewKD's review path on two levels against a reference built from the ABF definition: the
+/// deepest level (no fusion) feeds its residual to the shallower one, whose output is upsampled
+/// to the teacher's larger map.
+#[test]
+fn reviewkd_abf_path_matches_reference() {
+    let mut rng = Rng::seed(13);
+    let n = 3;
+    let (s0, s1) = ([n, 2, 4, 4], [n, 3, 2, 2]);
+    let (t0, t1) = ([n, 4, 8, 8], [n, 5, 2, 2]);
+    let review =
+        distill::ReviewKd::new(&[s0.to_vec(), s1.to_vec()], &[t0.to_vec(), t1.to_vec()], &mut rng, DEV).unwrap();
+    let mid = 3; // min(512, C of the deepest student level)
+    let w_deep1 = set_param(&review, "abfs.0.conv1.0.weight", 301);
+    let w_deep2 = set_param(&review, "abfs.0.conv2.0.weight", 302);
+    let w_top1 = set_param(&review, "abfs.1.conv1.0.weight", 303);
+    let w_top2 = set_param(&review, "abfs.1.conv2.0.weight", 304);
+    let w_att = set_param(&review, "abfs.1.att_conv.0.weight", 305);
+    let b_att = set_param(&review, "abfs.1.att_conv.0.bias", 306);
+    check_op(
+        DEV,
+        "reviewkd ABF path",
+        &[Input::new(&s0, 311), Input::new(&s1, 312)],
+        |x| {
+            let out = review.review(x)?;
+            let flat: Vec<Tensor> = out.iter().map(|o| o.reshape([o.numel()])).collect::<kdscout::Result<_>>()?;
+            Tensor::concat(&flat.iter().collect::<Vec<_>>(), 0)
+        },
+        |x| {
+            // Deepest level: x1 = BN(conv1x1), out1 = BN(conv3x3(x1)).
+            let (a1, _, _) = conv_ref(&x[1], s1, &w_deep1, [mid, 1, 1], &[], 1, 0);
+            let x1 = bn_train_ref(&a1, n, mid, 4);
+            let (o1, _, _) = conv_ref(&x1, [n, mid, 2, 2], &w_deep2, [t1[1], 3, 3], &[], 1, 1);
+            let out1 = bn_train_ref(&o1, n, t1[1], 4);
+            // Shallow level: fuse with the upsampled residual x1 through the 2-channel attention.
+            let (a0, _, _) = conv_ref(&x[0], s0, &w_top1, [mid, 1, 1], &[], 1, 0);
+            let x0 = bn_train_ref(&a0, n, mid, 16);
+            let y = nearest_ref(&x1, n * mid, 2, 2, 4, 4);
+            let mut cat = Vec::new();
+            for b in 0..n {
+                cat.extend_from_slice(&x0[b * mid * 16..(b + 1) * mid * 16]);
+                cat.extend_from_slice(&y[b * mid * 16..(b + 1) * mid * 16]);
+            }
+            let (z, _, _) = conv_ref(&cat, [n, 2 * mid, 4, 4], &w_att, [2, 1, 1], &b_att, 1, 0);
+            let z: Vec<f64> = z.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+            let mut fused = vec![0.0; n * mid * 16];
+            for b in 0..n {
+                for ch in 0..mid {
+                    for p in 0..16 {
+                        let i = (b * mid + ch) * 16 + p;
+                        fused[i] = x0[i] * z[(b * 2) * 16 + p] + y[i] * z[(b * 2 + 1) * 16 + p];
+                    }
+                }
+            }
+            let up = nearest_ref(&fused, n * mid, 4, 4, 8, 8);
+            let (o0, _, _) = conv_ref(&up, [n, mid, 8, 8], &w_top2, [t0[1], 3, 3], &[], 1, 1);
+            let mut out = bn_train_ref(&o0, n, t0[1], 64);
+            out.extend(out1);
+            out
+        },
+        tol(2e-4, 3e-3),
+    );
 }
 
 // ====================================================================== registry and Distiller

@@ -23,9 +23,7 @@ pub fn sp(f_s: &Tensor, f_t: &Tensor) -> Result<Tensor> {
     check_rank("sp", f_s, f_t, 1)?;
     check_batch("sp", f_s, f_t)?;
     let b = f_s.dims()[0];
-    let kernel = |f: &Tensor| -> Result<Tensor> {
-        f.reshape([b, f.numel() / b])?.gram()?.normalize(1, NORMALIZE_EPS)
-    };
+    let kernel = |f: &Tensor| -> Result<Tensor> { f.reshape([b, f.numel() / b])?.gram()?.normalize(1, NORMALIZE_EPS) };
     kernel(f_t)?.sub(&kernel(f_s)?)?.sqr()?.sum_all()?.scale(1.0 / (b * b) as f32)
 }
 
@@ -62,7 +60,12 @@ pub fn ickd_compat(f_s: &Tensor, f_t: &Tensor) -> Result<Tensor> {
     check_rank("ickd_compat", f_s, f_t, 2)?;
     let (b, c) = (f_s.dims()[0], f_s.dims()[1]);
     if b * c == 0 || !f_t.numel().is_multiple_of(b * c) {
-        shape_err!("ickd_compat", "teacher {} cannot be viewed as [{b}, {c}, -1] (student {})", f_t.shape(), f_s.shape());
+        shape_err!(
+            "ickd_compat",
+            "teacher {} cannot be viewed as [{b}, {c}, -1] (student {})",
+            f_t.shape(),
+            f_s.shape()
+        );
     }
     ickd_flat(&f_s.reshape([b, c, f_s.numel() / (b * c)])?, &f_t.reshape([b, c, f_t.numel() / (b * c)])?)
 }
@@ -83,7 +86,12 @@ fn pool_to_smaller(op: &'static str, f_s: &Tensor, f_t: &Tensor) -> Result<(Tens
         (f_s.clone(), f_t.clone())
     };
     if s.dims()[2..] != t.dims()[2..] {
-        shape_err!(op, "student {} and teacher {} spatial sizes cannot be matched by pooling", f_s.shape(), f_t.shape());
+        shape_err!(
+            op,
+            "student {} and teacher {} spatial sizes cannot be matched by pooling",
+            f_s.shape(),
+            f_t.shape()
+        );
     }
     Ok((s, t))
 }

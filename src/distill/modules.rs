@@ -67,7 +67,8 @@ impl Module for ConvTranspose2d {
         let dilated = if s == 1 {
             x.clone()
         } else {
-            let cols = Tensor::concat(&[&x.reshape([n, c, h, 1, w, 1])?, &Tensor::zeros([n, c, h, 1, w, s - 1], dev)?], 5)?;
+            let cols =
+                Tensor::concat(&[&x.reshape([n, c, h, 1, w, 1])?, &Tensor::zeros([n, c, h, 1, w, s - 1], dev)?], 5)?;
             let rows = Tensor::concat(&[&cols, &Tensor::zeros([n, c, h, s - 1, w, s], dev)?], 3)?;
             rows.reshape([n, c, h * s, w * s])?.narrow(2, 0, (h - 1) * s + 1)?.narrow(3, 0, (w - 1) * s + 1)?
         };
@@ -154,7 +155,10 @@ pub struct CcEmbed {
 
 impl CcEmbed {
     pub fn new(d_s: usize, d_t: usize, feat_dim: usize, rng: &mut Rng, dev: Device) -> Result<CcEmbed> {
-        Ok(CcEmbed { embed_s: Linear::new(d_s, feat_dim, true, rng, dev)?, embed_t: Linear::new(d_t, feat_dim, true, rng, dev)? })
+        Ok(CcEmbed {
+            embed_s: Linear::new(d_s, feat_dim, true, rng, dev)?,
+            embed_t: Linear::new(d_t, feat_dim, true, rng, dev)?,
+        })
     }
 
     /// `cc(embed_s(f_s), embed_t(f_t))` on features flattened to [B, -1].
@@ -203,7 +207,13 @@ impl NormFt {
         if n == 0 {
             invalid_err!("NormFt", "the expansion factor N (co_sponge) must be at least 1");
         }
-        let ft = NormFt { layer31: conv1x1_bn(c_s, n * c_t, rng, dev)?, layer32: conv1x1_bn(n * c_t, c_s, rng, dev)?, n, c_s, c_t };
+        let ft = NormFt {
+            layer31: conv1x1_bn(c_s, n * c_t, rng, dev)?,
+            layer32: conv1x1_bn(n * c_t, c_s, rng, dev)?,
+            n,
+            c_s,
+            c_t,
+        };
         Init::KaimingNormalFanOut.apply(&ft, rng)?;
         Ok(ft)
     }
@@ -220,7 +230,12 @@ impl NormFt {
     /// running statistics (call after training, with the student in eval mode).
     pub fn fold_into(&self, fc: &Linear) -> Result<Linear> {
         if fc.in_features != self.c_s {
-            shape_err!("NormFt::fold_into", "classifier reads {} features, the transform outputs {}", fc.in_features, self.c_s);
+            shape_err!(
+                "NormFt::fold_into",
+                "classifier reads {} features, the transform outputs {}",
+                fc.in_features,
+                self.c_s
+            );
         }
         // Each 1x1 conv + eval BN is x -> diag(a)·W·x + c with a = γ/√(var + eps), c = β − mean·a.
         let affine = |seq: &Sequential| -> Result<(Vec<f64>, Vec<f64>, usize, usize)> {
@@ -359,7 +374,9 @@ impl Abf {
 
 impl Module for Abf {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_fused(x, None, (x.dims().get(2).copied().unwrap_or(0), x.dims().get(3).copied().unwrap_or(0)))?.0)
+        Ok(self
+            .forward_fused(x, None, (x.dims().get(2).copied().unwrap_or(0), x.dims().get(3).copied().unwrap_or(0)))?
+            .0)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut v: Vec<(String, &dyn Module)> = vec![("conv1".into(), &self.conv1), ("conv2".into(), &self.conv2)];
@@ -391,8 +408,14 @@ impl ReviewKd {
     /// From the student and teacher level shapes (shallowest first, [n, c, h, w] each); the middle
     /// width is `min(512, C_s of the deepest level)`.
     pub fn new(s_shapes: &[Vec<usize>], t_shapes: &[Vec<usize>], rng: &mut Rng, dev: Device) -> Result<ReviewKd> {
-        if s_shapes.is_empty() || s_shapes.len() != t_shapes.len() || s_shapes.iter().chain(t_shapes).any(|s| s.len() != 4) {
-            shape_err!("reviewkd", "student levels {s_shapes:?} and teacher levels {t_shapes:?} must be equally many maps");
+        if s_shapes.is_empty()
+            || s_shapes.len() != t_shapes.len()
+            || s_shapes.iter().chain(t_shapes).any(|s| s.len() != 4)
+        {
+            shape_err!(
+                "reviewkd",
+                "student levels {s_shapes:?} and teacher levels {t_shapes:?} must be equally many maps"
+            );
         }
         let l = s_shapes.len();
         let mid = s_shapes[l - 1][1].min(512);

@@ -290,7 +290,9 @@ impl Distiller {
             }
             "dist" => Method::Dist { beta: 2.0, gamma: 2.0, t: 4.0 },
             "dkd" => Method::Dkd { alpha: 1.0, beta: 8.0, t: 4.0, warmup: 20 },
-            "norm" => Method::Norm { ft: NormFt::new(width(s.final_map()), width(t.final_map()), 8, rng, dev)?, ceta: 2.5 },
+            "norm" => {
+                Method::Norm { ft: NormFt::new(width(s.final_map()), width(t.final_map()), 8, rng, dev)?, ceta: 2.5 }
+            }
             "diswot" => {
                 let (cs, ct) = (width(s.final_map()), width(t.final_map()));
                 let proj = if cs == ct {
@@ -338,7 +340,14 @@ impl Distiller {
 
     /// The β term alone (before β), for the epoch given (counted from 1; warm-ups and NORM's β₁
     /// schedule depend on it). `expanded` is NORM's expanded student feature.
-    fn other(&self, s: &Features, t: &Features, labels: &[u32], epoch: usize, expanded: Option<&Tensor>) -> Result<Option<Tensor>> {
+    fn other(
+        &self,
+        s: &Features,
+        t: &Features,
+        labels: &[u32],
+        epoch: usize,
+        expanded: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
         let loss = match &self.method {
             Method::Kd => return Ok(None),
             Method::Fitnet { hint_layer, regressor } => {
@@ -384,9 +393,21 @@ impl Distiller {
     /// (frozen, no-grad) teacher's forward passes on the same batch, `classifier` is the student's
     /// final Linear (used by NORM only), `epoch` counts from 1. Terms with a zero weight are not
     /// computed.
-    pub fn loss(&self, s: &Features, t: &Features, labels: &[u32], epoch: usize, classifier: &Linear) -> Result<LossTerms> {
+    pub fn loss(
+        &self,
+        s: &Features,
+        t: &Features,
+        labels: &[u32],
+        epoch: usize,
+        classifier: &Linear,
+    ) -> Result<LossTerms> {
         if s.logits.dims().first() != t.logits.dims().first() {
-            shape_err!("distill", "student logits {} and teacher logits {} differ in batch", s.logits.shape(), t.logits.shape());
+            shape_err!(
+                "distill",
+                "student logits {} and teacher logits {} differ in batch",
+                s.logits.shape(),
+                t.logits.shape()
+            );
         }
         let (logits, expanded) = self.student_pass(s, classifier)?;
         let (zs, zt) = match &self.method {
