@@ -1,4 +1,4 @@
-//! `kdscout models` and `kdscout import-weights` as a user runs them.
+//! `kdscout models`, `kdscout import-weights` and `kdscout data` as a user runs them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -120,4 +120,22 @@ fn import_weights_reports_every_problem() {
     let e = failure(&kdscout(&["import-weights", &fixture("resnet8_c10.pth"), out, "--model", "resnet9"]));
     assert!(e.contains("unknown model 'resnet9'"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn data_defaults_to_the_builtin_images_and_checks_folders() {
+    let run = kdscout(&["data"]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(stdout.contains("data builtin"), "{stdout}");
+    assert!(stdout.contains("train    512 images, 10 classes; per class: 52 66 45 47 51 41 53 50 49 58"), "{stdout}");
+    assert!(stdout.contains("test     512 images"), "{stdout}");
+
+    let e = failure(&kdscout(&["data", "--data", "cifar10:/nonexistent/cifar"]));
+    assert!(e.contains("/nonexistent/cifar") && e.contains("data_batch_1.bin"), "{e}");
+    // A malformed value is a usage error (clap's exit code 2) that names the value and the forms.
+    let run = kdscout(&["data", "--data", "imagenet"]);
+    let stderr = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("imagenet") && stderr.contains("cifar100:DIR") && !stderr.contains("panicked"), "{stderr}");
 }
