@@ -20,7 +20,7 @@
 //! this network, so `preact_stages` repeats `stages`. `final_map` = blocks[6]'s output (mdistiller's
 //! `feats[-1]`); the classifier reads the pooled output of `conv2` (1280 channels).
 
-use crate::models::parts::{conv, repdistiller_init, Blocks};
+use crate::models::parts::{conv, named, named_mut, repdistiller_init, Blocks};
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
 use crate::nn::{Activation, BatchNorm2d, Linear, Module, Sequential};
@@ -74,10 +74,10 @@ impl Module for InvertedResidual {
         }
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![("conv".into(), &self.conv)]
+        named!(self; conv)
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        vec![&mut self.conv]
+        named_mut!(self; conv)
     }
     module_boilerplate!();
 }
@@ -150,16 +150,13 @@ impl Module for MobileNetV2 {
         Ok(self.forward_features(x)?.logits)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![
-            ("conv1".into(), &self.conv1),
-            ("blocks".into(), &self.blocks),
-            ("conv2".into(), &self.conv2),
-            // PyTorch's one-element nn.Sequential around the Linear.
-            ("classifier.0".into(), &self.classifier),
-        ]
+        let mut v = named!(self; conv1, blocks, conv2);
+        // PyTorch's one-element nn.Sequential around the Linear.
+        v.push(("classifier.0".into(), &self.classifier));
+        v
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        vec![&mut self.conv1, &mut self.blocks, &mut self.conv2, &mut self.classifier]
+        named_mut!(self; conv1, blocks, conv2, classifier)
     }
     module_boilerplate!();
 }

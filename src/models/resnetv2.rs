@@ -12,8 +12,7 @@
 //! Features as mdistiller: `stages` = [stem, layer1..layer4 outputs], `preact_stages` = [stem,
 //! then each stage's last block sum before its ReLU]; `final_map` = layer4's output.
 
-use crate::models::parts::{conv, run_preact, Blocks};
-use crate::models::{Features, Network};
+use crate::models::parts::{conv, named, named_mut, Blocks, PreactBlock, StagedNet};
 use crate::module_boilerplate;
 use crate::nn::{BatchNorm2d, Conv2d, Init, Linear, Module, Sequential};
 use crate::rng::Rng;
@@ -53,9 +52,11 @@ impl Bottleneck {
             shortcut,
         })
     }
+}
 
+impl PreactBlock for Bottleneck {
     /// The block's output and the residual sum before the final ReLU (`preact`).
-    pub fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let out = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
         let out = self.bn2.forward(&self.conv2.forward(&out)?)?.relu()?;
         let out = self.bn3.forward(&self.conv3.forward(&out)?)?;
@@ -72,22 +73,14 @@ impl Module for Bottleneck {
         Ok(self.forward_preact(x)?.0)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        let mut v: Vec<(String, &dyn Module)> = vec![
-            ("conv1".into(), &self.conv1),
-            ("bn1".into(), &self.bn1),
-            ("conv2".into(), &self.conv2),
-            ("bn2".into(), &self.bn2),
-            ("conv3".into(), &self.conv3),
-            ("bn3".into(), &self.bn3),
-        ];
+        let mut v = named!(self; conv1, bn1, conv2, bn2, conv3, bn3);
         if let Some(s) = &self.shortcut {
             v.push(("shortcut".into(), s));
         }
         v
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        let mut v: Vec<&mut dyn Module> =
-            vec![&mut self.conv1, &mut self.bn1, &mut self.conv2, &mut self.bn2, &mut self.conv3, &mut self.bn3];
+        let mut v = named_mut!(self; conv1, bn1, conv2, bn2, conv3, bn3);
         if let Some(s) = &mut self.shortcut {
             v.push(s);
         }
@@ -97,14 +90,9 @@ impl Module for Bottleneck {
 }
 
 /// resnetv2.py's `ResNet(Bottleneck, num_blocks)`.
-pub struct ResNetV2 {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    layers: [Blocks<Bottleneck>; 4],
-    linear: Linear,
-}
+pub type ResNetV2 = StagedNet<Bottleneck>;
 
-impl ResNetV2 {
+impl StagedNet<Bottleneck> {
     /// `ResNet50` = `ResNetV2::bottleneck([3, 4, 6, 3], 100, ..)` (101: [3, 4, 23, 3]; 152: [3, 8, 36, 3]).
     pub fn bottleneck(num_blocks: [usize; 4], num_classes: usize, rng: &mut Rng, dev: Device) -> Result<ResNetV2> {
         if num_blocks.contains(&0) {
@@ -122,49 +110,8 @@ impl ResNetV2 {
             }
             layers.push(Blocks(blocks));
         }
-        let layers = <[Blocks<Bottleneck>; 4]>::try_from(layers)
-            .map_err(|_| crate::Error::invalid("ResNet50", "four stages"))?;
-        let net = ResNetV2 { conv1, bn1, layers, linear: Linear::new(in_planes, num_classes, true, rng, dev)? };
+        let net = StagedNet::from_parts(conv1, bn1, layers, Linear::new(in_planes, num_classes, true, rng, dev)?);
         Init::KaimingNormalFanOut.apply(&net, rng)?;
         Ok(net)
     }
-}
-
-impl Network for ResNetV2 {
-    fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
-        let (mut stages, mut preact_stages) = (vec![f0.clone()], vec![f0.clone()]);
-        let mut y = f0;
-        for layer in &self.layers {
-            let (out, pre) = run_preact(&layer.0, &y, Bottleneck::forward_preact)?;
-            stages.push(out.clone());
-            preact_stages.push(pre);
-            y = out;
-        }
-        let pooled = y.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
-        let logits = self.linear.forward(&pooled)?;
-        Ok(Features { stages, preact_stages, final_map: 4, pooled, logits })
-    }
-    fn classifier(&self) -> &Linear {
-        &self.linear
-    }
-}
-
-impl Module for ResNetV2 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_features(x)?.logits)
-    }
-    fn children(&self) -> Vec<(String, &dyn Module)> {
-        let mut v: Vec<(String, &dyn Module)> = vec![("conv1".into(), &self.conv1), ("bn1".into(), &self.bn1)];
-        v.extend(self.layers.iter().enumerate().map(|(i, l)| (format!("layer{}", i + 1), l as &dyn Module)));
-        v.push(("linear".into(), &self.linear));
-        v
-    }
-    fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        let mut v: Vec<&mut dyn Module> = vec![&mut self.conv1, &mut self.bn1];
-        v.extend(self.layers.iter_mut().map(|l| l as &mut dyn Module));
-        v.push(&mut self.linear);
-        v
-    }
-    module_boilerplate!();
 }

@@ -11,7 +11,9 @@
 //! `final_map` = layer3's output; V2's classifier reads the pooled `relu(bn2(conv2(layer3)))`
 //! (1024 channels), V1's the pooled layer3 output.
 
-use crate::models::parts::{conv, run_preact, Blocks};
+use crate::models::parts::{
+    conv, layer_children, named, named_mut, run_preact, staged_features, Blocks, PreactBlock, StagedNet,
+};
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
 use crate::nn::{BatchNorm2d, Conv2d, Linear, Module};
@@ -54,9 +56,11 @@ impl ShuffleV1Block {
             shuffle_groups: g,
         })
     }
+}
 
+impl PreactBlock for ShuffleV1Block {
     /// The block's output and its pre-activation (`preact`).
-    pub fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let out = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?.channel_shuffle(self.shuffle_groups)?;
         let out = self.bn2.forward(&self.conv2.forward(&out)?)?.relu()?;
         let out = self.bn3.forward(&self.conv3.forward(&out)?)?;
@@ -75,17 +79,10 @@ impl Module for ShuffleV1Block {
         Ok(self.forward_preact(x)?.0)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![
-            ("conv1".into(), &self.conv1),
-            ("bn1".into(), &self.bn1),
-            ("conv2".into(), &self.conv2),
-            ("bn2".into(), &self.bn2),
-            ("conv3".into(), &self.conv3),
-            ("bn3".into(), &self.bn3),
-        ]
+        named!(self; conv1, bn1, conv2, bn2, conv3, bn3)
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        vec![&mut self.conv1, &mut self.bn1, &mut self.conv2, &mut self.bn2, &mut self.conv3, &mut self.bn3]
+        named_mut!(self; conv1, bn1, conv2, bn2, conv3, bn3)
     }
     module_boilerplate!();
 }
@@ -96,14 +93,9 @@ fn stem(rng: &mut Rng, dev: Device) -> Result<(Conv2d, BatchNorm2d)> {
 }
 
 /// ShuffleNetv1.py's `ShuffleNet(cfg)`; `ShuffleV1` = `ShuffleNetV1::new([240, 480, 960], [4, 8, 4], 3, ..)`.
-pub struct ShuffleNetV1 {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    layers: [Blocks<ShuffleV1Block>; 3],
-    linear: Linear,
-}
+pub type ShuffleNetV1 = StagedNet<ShuffleV1Block>;
 
-impl ShuffleNetV1 {
+impl StagedNet<ShuffleV1Block> {
     /// The zoo's `ShuffleV1`.
     pub fn shuffle_v1(num_classes: usize, rng: &mut Rng, dev: Device) -> Result<ShuffleNetV1> {
         ShuffleNetV1::new([240, 480, 960], [4, 8, 4], 3, num_classes, rng, dev)
@@ -142,50 +134,8 @@ impl ShuffleNetV1 {
             }
             layers.push(Blocks(blocks));
         }
-        let layers = <[Blocks<ShuffleV1Block>; 3]>::try_from(layers)
-            .map_err(|_| crate::Error::invalid("ShuffleV1", "three stages"))?;
-        Ok(ShuffleNetV1 { conv1, bn1, layers, linear: Linear::new(out_planes[2], num_classes, true, rng, dev)? })
+        Ok(StagedNet::from_parts(conv1, bn1, layers, Linear::new(out_planes[2], num_classes, true, rng, dev)?))
     }
-}
-
-impl Network for ShuffleNetV1 {
-    fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
-        let (mut stages, mut preact_stages) = (vec![f0.clone()], vec![f0.clone()]);
-        let mut y = f0;
-        for layer in &self.layers {
-            let (out, pre) = run_preact(&layer.0, &y, ShuffleV1Block::forward_preact)?;
-            stages.push(out.clone());
-            preact_stages.push(pre);
-            y = out;
-        }
-        // F.avg_pool2d(out, 4) over the 4x4 map: the global average.
-        let pooled = y.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
-        let logits = self.linear.forward(&pooled)?;
-        Ok(Features { stages, preact_stages, final_map: 3, pooled, logits })
-    }
-    fn classifier(&self) -> &Linear {
-        &self.linear
-    }
-}
-
-impl Module for ShuffleNetV1 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_features(x)?.logits)
-    }
-    fn children(&self) -> Vec<(String, &dyn Module)> {
-        let mut v: Vec<(String, &dyn Module)> = vec![("conv1".into(), &self.conv1), ("bn1".into(), &self.bn1)];
-        v.extend(self.layers.iter().enumerate().map(|(i, l)| (format!("layer{}", i + 1), l as &dyn Module)));
-        v.push(("linear".into(), &self.linear));
-        v
-    }
-    fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        let mut v: Vec<&mut dyn Module> = vec![&mut self.conv1, &mut self.bn1];
-        v.extend(self.layers.iter_mut().map(|l| l as &mut dyn Module));
-        v.push(&mut self.linear);
-        v
-    }
-    module_boilerplate!();
 }
 
 /// ShuffleNetv2.py's `BasicBlock(in_channels)` (split ratio 0.5): the second half goes through
@@ -230,17 +180,10 @@ impl Module for ShuffleV2Block {
         Ok(self.forward_preact(x)?.0)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![
-            ("conv1".into(), &self.conv1),
-            ("bn1".into(), &self.bn1),
-            ("conv2".into(), &self.conv2),
-            ("bn2".into(), &self.bn2),
-            ("conv3".into(), &self.conv3),
-            ("bn3".into(), &self.bn3),
-        ]
+        named!(self; conv1, bn1, conv2, bn2, conv3, bn3)
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        vec![&mut self.conv1, &mut self.bn1, &mut self.conv2, &mut self.bn2, &mut self.conv3, &mut self.bn3]
+        named_mut!(self; conv1, bn1, conv2, bn2, conv3, bn3)
     }
     module_boilerplate!();
 }
@@ -390,15 +333,8 @@ impl ShuffleNetV2 {
 impl Network for ShuffleNetV2 {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
         let f0 = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
-        let (mut stages, mut preact_stages) = (vec![f0.clone()], vec![f0.clone()]);
-        let mut y = f0;
-        for layer in &self.layers {
-            let (out, pre) = layer.forward_preact(&y)?;
-            stages.push(out.clone());
-            preact_stages.push(pre);
-            y = out;
-        }
-        let head = self.bn2.forward(&self.conv2.forward(&y)?)?.relu()?;
+        let (stages, preact_stages) = staged_features(f0, &self.layers, ShuffleV2Stage::forward_preact)?;
+        let head = self.bn2.forward(&self.conv2.forward(&stages[3])?)?.relu()?;
         // F.avg_pool2d(out, 4) over the 4x4 map: the global average.
         let pooled = head.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.linear.forward(&pooled)?;
@@ -414,19 +350,15 @@ impl Module for ShuffleNetV2 {
         Ok(self.forward_features(x)?.logits)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        let mut v: Vec<(String, &dyn Module)> = vec![("conv1".into(), &self.conv1), ("bn1".into(), &self.bn1)];
-        v.extend(self.layers.iter().enumerate().map(|(i, l)| (format!("layer{}", i + 1), l as &dyn Module)));
-        v.extend([
-            ("conv2".into(), &self.conv2 as &dyn Module),
-            ("bn2".into(), &self.bn2),
-            ("linear".into(), &self.linear),
-        ]);
+        let mut v = named!(self; conv1, bn1);
+        v.extend(layer_children(&self.layers));
+        v.extend(named!(self; conv2, bn2, linear));
         v
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        let mut v: Vec<&mut dyn Module> = vec![&mut self.conv1, &mut self.bn1];
+        let mut v = named_mut!(self; conv1, bn1);
         v.extend(self.layers.iter_mut().map(|l| l as &mut dyn Module));
-        v.extend([&mut self.conv2 as &mut dyn Module, &mut self.bn2, &mut self.linear]);
+        v.extend(named_mut!(self; conv2, bn2, linear));
         v
     }
     module_boilerplate!();

@@ -15,7 +15,7 @@
 //! the map mdistiller's `feats[-1]` (RepDistiller's `feats[-2]`) hands to SP and AT; the
 //! classifier reads the global average of `relu(preact_stages[3])`.
 
-use crate::models::parts::{conv, zero, Blocks};
+use crate::models::parts::{conv, named, named_mut, zero, Blocks};
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
 use crate::nn::{BatchNorm2d, Conv2d, Init, Linear, Module};
@@ -65,19 +65,14 @@ impl Module for WrnBlock {
         Ok(self.forward_bn(x)?.0)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        let mut v: Vec<(String, &dyn Module)> = vec![
-            ("bn1".into(), &self.bn1),
-            ("conv1".into(), &self.conv1),
-            ("bn2".into(), &self.bn2),
-            ("conv2".into(), &self.conv2),
-        ];
+        let mut v = named!(self; bn1, conv1, bn2, conv2);
         if let Some(c) = &self.conv_shortcut {
             v.push(("convShortcut".into(), c));
         }
         v
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        let mut v: Vec<&mut dyn Module> = vec![&mut self.bn1, &mut self.conv1, &mut self.bn2, &mut self.conv2];
+        let mut v = named_mut!(self; bn1, conv1, bn2, conv2);
         if let Some(c) = &mut self.conv_shortcut {
             v.push(c);
         }
@@ -111,10 +106,10 @@ impl Module for NetworkBlock {
         self.layer.forward(x)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![("layer".into(), &self.layer)]
+        named!(self; layer)
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        vec![&mut self.layer]
+        named_mut!(self; layer)
     }
     module_boilerplate!();
 }
@@ -192,17 +187,10 @@ impl Module for WideResNet {
         Ok(self.forward_features(x)?.logits)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
-        vec![
-            ("conv1".into(), &self.conv1),
-            ("block1".into(), &self.block1),
-            ("block2".into(), &self.block2),
-            ("block3".into(), &self.block3),
-            ("bn1".into(), &self.bn1),
-            ("fc".into(), &self.fc),
-        ]
+        named!(self; conv1, block1, block2, block3, bn1, fc)
     }
     fn children_mut(&mut self) -> Vec<&mut dyn Module> {
-        vec![&mut self.conv1, &mut self.block1, &mut self.block2, &mut self.block3, &mut self.bn1, &mut self.fc]
+        named_mut!(self; conv1, block1, block2, block3, bn1, fc)
     }
     module_boilerplate!();
 }
