@@ -1,6 +1,9 @@
 //! `kdscout models`, `kdscout import-weights` and `kdscout data` as a user runs them.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::TempDir;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn kdscout(args: &[&str]) -> Output {
@@ -9,13 +12,6 @@ fn kdscout(args: &[&str]) -> Output {
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth").join(name).display().to_string()
-}
-
-fn out_dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("kdscout-cli-weights-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
 }
 
 fn text(b: &[u8]) -> String {
@@ -62,7 +58,7 @@ fn models_table_names_the_zoo_and_the_families() {
 
 #[test]
 fn import_weights_converts_the_torch_fixture() {
-    let dir = out_dir("import");
+    let dir = TempDir::new("cli-import");
     let out = dir.join("resnet8.safetensors");
     let run = kdscout(&["import-weights", &fixture("resnet8_c10.pth"), out.to_str().unwrap(), "--model", "resnet8"]);
     let stdout = text(&run.stdout);
@@ -83,12 +79,11 @@ fn import_weights_converts_the_torch_fixture() {
         assert_eq!(got.dims(), t.dims(), "{name}");
         assert_eq!(got.to_vec().unwrap(), t.to_vec().unwrap(), "{name}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn import_weights_reports_every_problem() {
-    let dir = out_dir("bad");
+    let dir = TempDir::new("cli-bad");
     let out = dir.join("x.safetensors");
     let out = out.to_str().unwrap();
 
@@ -119,7 +114,6 @@ fn import_weights_reports_every_problem() {
     assert!(e.contains("not a PyTorch checkpoint"), "{e}");
     let e = failure(&kdscout(&["import-weights", &fixture("resnet8_c10.pth"), out, "--model", "resnet9"]));
     assert!(e.contains("unknown model 'resnet9'"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

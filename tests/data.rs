@@ -1,37 +1,13 @@
 //! Data pipeline: CIFAR readers on the shared real files and on corrupt files, augmentation,
 //! normalisation and seeded batching.
 
+mod common;
+use common::{err_text, TempDir};
+
 use kdscout::data::{
     AugParams, Augment, DataLoader, Dataset, Normalize, Split, CIFAR100_RECORD_BYTES, CIFAR10_RECORD_BYTES, IMAGE_BYTES,
 };
 use kdscout::rng::Rng;
-use std::path::{Path, PathBuf};
-
-/// A fresh, unique temp folder for one test (process id + test name), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("kdscout-data-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn shared_bytes(rel: &str) -> Vec<u8> {
     std::fs::read(Dataset::shared_path(rel).unwrap()).unwrap()
@@ -42,10 +18,6 @@ fn cifar10_records(n: usize, label: u8, pixel: u8) -> Vec<u8> {
     let mut rec = vec![pixel; CIFAR10_RECORD_BYTES];
     rec[0] = label;
     rec.repeat(n)
-}
-
-fn err_text<T: std::fmt::Debug>(r: kdscout::Result<T>) -> String {
-    r.expect_err("expected an error").to_string()
 }
 
 // ---------------------------------------------------------------- shared real files

@@ -1,37 +1,15 @@
 //! The built-in CIFAR-10 images and the `--data` sources (builtin, cifar10:DIR, cifar100:DIR,
 //! synthetic), including CIFAR folders with corrupt copies of real files.
 
+mod common;
+use common::{err_text, TempDir};
+
 use std::path::{Path, PathBuf};
 
 use kdscout::data::{DataSource, Dataset, Split, CIFAR100_RECORD_BYTES, CIFAR10_RECORD_BYTES, IMAGE_BYTES};
 
-/// A fresh temp folder for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("kdscout-source-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn shared(rel: &str) -> Vec<u8> {
     std::fs::read(Dataset::shared_path(rel).unwrap()).unwrap()
-}
-
-fn err_text<T: std::fmt::Debug>(r: kdscout::Result<T>) -> String {
-    r.expect_err("expected an error").to_string()
 }
 
 fn parse(s: &str) -> kdscout::Result<DataSource> {

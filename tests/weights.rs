@@ -2,6 +2,9 @@
 //! PyTorch `.pth` import checked against fixtures written by torch (tests/fixtures/pth, made by
 //! make_fixtures.py there; these tests do not need torch).
 
+mod common;
+use common::{err_text, TempDir};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -18,31 +21,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn expected(name: &str) -> Json {
     serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
-}
-
-/// A fresh temp folder for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("kdscout-weights-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn err_text<T: std::fmt::Debug>(r: kdscout::Result<T>) -> String {
-    r.expect_err("expected an error").to_string()
 }
 
 fn build(name: &str, classes: usize, seed: u64) -> Box<dyn Network> {
@@ -108,7 +86,7 @@ fn save_is_atomic_and_reports_bad_folders() {
     assert_eq!(weights::load(&path).unwrap().tensors[0].1.to_vec().unwrap(), vec![3.0, 4.0, 5.0]);
     // Only the final file remains: no temp file is left behind.
     let names: Vec<String> =
-        std::fs::read_dir(&t.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["w.safetensors".to_string()]);
 
     let e = err_text(weights::save(t.join("no/such/dir/w.safetensors"), &a, &BTreeMap::new()));
