@@ -1,6 +1,7 @@
-//! Pieces the zoo's network files share: a typed `nn.ModuleList`/`nn.Sequential` of blocks, the
-//! bias-free "same" convolution every family uses, and the `_initialize_weights` of
-//! RepDistiller's vgg.py / mobilenetv2.py.
+//! Pieces the zoo's network files share: a typed `nn.ModuleList`/`nn.Sequential` of blocks,
+//! blocks that report their pre-activation and the stem/stages/linear network built from them
+//! ([`StagedNet`]: ResNet50 and ShuffleV1), the bias-free "same" convolution every family uses,
+//! and the `_initialize_weights` of RepDistiller's vgg.py / mobilenetv2.py.
 
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
