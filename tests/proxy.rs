@@ -460,3 +460,28 @@ fn zen_score_matches_an_f64_recomputation() {
     close(got.value, delta.ln() + log_bn, 1e-3, "zen");
     close(got.terms[1].1, log_bn, 1e-4, "zen BN term");
 }
+
+#[test]
+fn kd_based_proxies_are_minus_the_losses_and_zero_for_the_teacher_itself() {
+    let ctx0 = context(12, [6, 3, 32, 32], 10);
+    let teacher = Candidate { name: "resnet14".into(), num_classes: 10, seed: 1, init: InitMode::Default, device: DEV };
+    let view = TeacherView::compute(teacher.build().unwrap().as_ref(), "resnet14", &ctx0.images, &ctx0.labels).unwrap();
+    let ctx = ScoringContext { teacher: Some(view), ..ctx0 };
+    let student = Candidate { name: "resnet8".into(), num_classes: 10, seed: 2, init: InitMode::Default, device: DEV };
+    let sf = student.build().unwrap().forward_features(&ctx.images).unwrap();
+    let tf = teacher.build().unwrap().forward_features(&ctx.images).unwrap();
+    let kd_ref = kdscout::distill::kd(&sf.logits, &tf.logits, 4.0).unwrap().item().unwrap() as f64;
+    let sp_ref = sp_direct(&f64s(sf.final_map()), &f64s(tf.final_map()), 6);
+    let s = || student.build();
+    close(score("kd", &ctx, &s), -kd_ref, 1e-5, "kd proxy");
+    close(score("sp", &ctx, &s), -sp_ref, 1e-4, "sp proxy");
+    let same = || teacher.build();
+    for name in ["kd", "fitnet", "at", "sp", "rkd", "pkt", "cc", "nst"] {
+        let v = score(name, &ctx, &s);
+        assert!(v.is_finite() && v <= 0.0, "{name}: {v}");
+        // CC embeds student and teacher with two different random Linears, so only it is not 0.
+        if name != "cc" {
+            assert!(score(name, &ctx, &same).abs() < 1e-5, "{name} of the teacher itself");
+        }
+    }
+}
