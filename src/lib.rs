@@ -2,7 +2,8 @@
 //!
 //! Layers, bottom up: [`tensor`] (shape + storage on a device), [`backend`] (the op set, one
 //! implementation per device), [`autograd`] (define-by-run tape, one backward rule per op),
-//! [`nn`] (modules, initialisers, named parameters), [`optim`] (fused SGD), [`data`] (CIFAR).
+//! [`nn`] (modules, initialisers, named parameters), [`optim`] (fused SGD), [`data`] (CIFAR),
+//! [`weights`] (safetensors checkpoints, PyTorch `.pth` import).
 
 pub mod autograd;
 pub mod backend;
@@ -17,6 +18,7 @@ pub mod proxy;
 pub mod rng;
 pub mod tensor;
 pub mod train;
+pub mod weights;
 
 pub use backend::Device;
 pub use error::{Error, Result};

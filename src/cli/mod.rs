@@ -1,6 +1,9 @@
 //! The command line: one file per subcommand; `main.rs` only parses and dispatches.
 
+pub mod data;
 pub mod demo;
+pub mod import_weights;
+pub mod models;
 
 use clap::{Parser, Subcommand};
 
@@ -16,10 +19,21 @@ pub enum Command {
     /// Train a small conv net on the shipped CIFAR-10 subset and report test accuracy
     /// (the engine's end-to-end check; later stages add search and distillation).
     Demo(demo::DemoArgs),
+    /// Load a data source (default: the CIFAR-10 images built into the binary), check every file
+    /// and print split sizes and class counts.
+    Data(data::DataArgs),
+    /// List the model zoo with parameters and MACs (FLOPs) at 32x32.
+    Models(models::ModelsArgs),
+    /// Convert a PyTorch checkpoint (.pth, zip format) of a zoo model to a kdscout safetensors file,
+    /// checking every name and shape.
+    ImportWeights(import_weights::ImportWeightsArgs),
 }
 
 pub fn run(cli: Cli) -> crate::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Data(args) => data::run(&args),
+        Command::Models(args) => models::run(&args),
+        Command::ImportWeights(args) => import_weights::run(&args),
     }
 }

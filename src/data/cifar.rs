@@ -20,8 +20,12 @@ fn show(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// Reads the whole file, checking it is a non-empty whole number of `record` bytes.
-fn read_records(path: &Path, record: usize, kind: &str) -> Result<Vec<u8>> {
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Reads the whole file (the parsers check its size).
+fn read_file(path: &Path, kind: &str) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound => {
@@ -31,16 +35,21 @@ fn read_records(path: &Path, record: usize, kind: &str) -> Result<Vec<u8>> {
         };
         Error::data(show(path), hint)
     })?;
+    Ok(bytes)
+}
+
+/// Checks `bytes` (named `source` in errors) are a non-empty whole number of `record` bytes.
+fn check_records(bytes: &[u8], record: usize, kind: &str, source: &str) -> Result<()> {
     if bytes.is_empty() {
-        return Err(Error::data(show(path), format!("file is empty (expected {kind} records of {record} bytes each)")));
+        return Err(Error::data(source, format!("file is empty (expected {kind} records of {record} bytes each)")));
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         let other = if record == CIFAR10_RECORD_BYTES {
-            (CIFAR100_RECORD_BYTES, "CIFAR-100", "read it as CIFAR-100 (read_cifar100_file / --dataset cifar100)")
+            (CIFAR100_RECORD_BYTES, "CIFAR-100", "read it as CIFAR-100 (read_cifar100_file / --data cifar100:DIR)")
         } else {
-            (CIFAR10_RECORD_BYTES, "CIFAR-10", "read it as CIFAR-10 (read_cifar10_file / --dataset cifar10)")
+            (CIFAR10_RECORD_BYTES, "CIFAR-10", "read it as CIFAR-10 (read_cifar10_file / --data cifar10:DIR)")
         };
-        let hint = if bytes.len() % other.0 == 0 {
+        let hint = if bytes.len().is_multiple_of(other.0) {
             format!(
                 "it is exactly {} {}-byte {} records, so it looks like the wrong dataset kind: {}",
                 bytes.len() / other.0,
@@ -59,19 +68,19 @@ fn read_records(path: &Path, record: usize, kind: &str) -> Result<Vec<u8>> {
             )
         };
         return Err(Error::data(
-            show(path),
+            source,
             format!(
                 "file size {} bytes is not a multiple of the {kind} record size {record} bytes; {hint}",
                 bytes.len()
             ),
         ));
     }
-    Ok(bytes)
+    Ok(())
 }
 
-fn bad_label(path: &Path, index: usize, which: &str, label: u8, classes: usize) -> Error {
+fn bad_label(source: &str, index: usize, which: &str, label: u8, classes: usize) -> Error {
     Error::data(
-        show(path),
+        source,
         format!(
             "record {index}: {which}label {label} is out of range 0..{} (wrong dataset kind or a corrupt file)",
             classes - 1
@@ -83,46 +92,57 @@ impl Dataset {
     /// Reads one CIFAR-10 binary batch file (e.g. `data_batch_1.bin`).
     pub fn read_cifar10_file(path: impl AsRef<Path>) -> Result<Dataset> {
         let path = path.as_ref();
-        let bytes = read_records(path, CIFAR10_RECORD_BYTES, "CIFAR-10")?;
+        let bytes = read_file(path, "CIFAR-10")?;
+        Dataset::parse_cifar10(&bytes, &show(path), &stem(path))
+    }
+
+    /// Parses CIFAR-10 records held in memory; `source` names them in errors and `name` becomes
+    /// `cifar10:{name}`.
+    pub fn parse_cifar10(bytes: &[u8], source: &str, name: &str) -> Result<Dataset> {
+        check_records(bytes, CIFAR10_RECORD_BYTES, "CIFAR-10", source)?;
         let n = bytes.len() / CIFAR10_RECORD_BYTES;
         let mut images = Vec::with_capacity(n * IMAGE_BYTES);
         let mut labels = Vec::with_capacity(n);
         for (i, rec) in bytes.chunks_exact(CIFAR10_RECORD_BYTES).enumerate() {
             if rec[0] >= 10 {
-                return Err(bad_label(path, i, "", rec[0], 10));
+                return Err(bad_label(source, i, "", rec[0], 10));
             }
             labels.push(rec[0] as u32);
             images.extend_from_slice(&rec[1..]);
         }
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Dataset { images, labels, num_classes: 10, name: format!("cifar10:{stem}"), normalize: Normalize::CIFAR10 })
+        Ok(Dataset { images, labels, num_classes: 10, name: format!("cifar10:{name}"), normalize: Normalize::CIFAR10 })
     }
 
     /// Reads one CIFAR-100 binary file (`train.bin` or `test.bin`); `fine` picks the 100 fine
     /// labels, otherwise the 20 coarse (superclass) labels. Both labels are validated.
     pub fn read_cifar100_file(path: impl AsRef<Path>, fine: bool) -> Result<Dataset> {
         let path = path.as_ref();
-        let bytes = read_records(path, CIFAR100_RECORD_BYTES, "CIFAR-100")?;
+        let bytes = read_file(path, "CIFAR-100")?;
+        Dataset::parse_cifar100(&bytes, fine, &show(path), &stem(path))
+    }
+
+    /// Parses CIFAR-100 records held in memory (see [`Dataset::read_cifar100_file`]).
+    pub fn parse_cifar100(bytes: &[u8], fine: bool, source: &str, name: &str) -> Result<Dataset> {
+        check_records(bytes, CIFAR100_RECORD_BYTES, "CIFAR-100", source)?;
         let n = bytes.len() / CIFAR100_RECORD_BYTES;
         let mut images = Vec::with_capacity(n * IMAGE_BYTES);
         let mut labels = Vec::with_capacity(n);
         for (i, rec) in bytes.chunks_exact(CIFAR100_RECORD_BYTES).enumerate() {
             if rec[0] >= 20 {
-                return Err(bad_label(path, i, "coarse ", rec[0], 20));
+                return Err(bad_label(source, i, "coarse ", rec[0], 20));
             }
             if rec[1] >= 100 {
-                return Err(bad_label(path, i, "fine ", rec[1], 100));
+                return Err(bad_label(source, i, "fine ", rec[1], 100));
             }
             labels.push(if fine { rec[1] } else { rec[0] } as u32);
             images.extend_from_slice(&rec[2..]);
         }
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let (classes, tag) = if fine { (100, "") } else { (20, "-coarse") };
         Ok(Dataset {
             images,
             labels,
             num_classes: classes,
-            name: format!("cifar100{tag}:{stem}"),
+            name: format!("cifar100{tag}:{name}"),
             normalize: Normalize::CIFAR100,
         })
     }

@@ -1,5 +1,6 @@
-//! Data sets: CIFAR-10/100 binary readers, the small real files shipped in `shared/data`, a
-//! synthetic source for tests, per-dataset normalisation, PyTorch-style augmentation and a seeded
+//! Data sets: CIFAR-10/100 binary readers, the small real files shipped in `shared/data`, 1024
+//! real CIFAR-10 images built into the binary, a synthetic source for tests, the `--data` parser
+//! ([`DataSource`]), per-dataset normalisation, PyTorch-style augmentation and a seeded
 //! batch loader.
 //!
 //! Images are kept as raw bytes in the CIFAR record layout (CHW: 1024 R, 1024 G, 1024 B, each
@@ -7,14 +8,18 @@
 //! (augment in pixel space, then normalise) on demand.
 
 mod augment;
+mod builtin;
 mod cifar;
 mod loader;
 mod shared;
+mod source;
 
 pub use augment::{AugParams, Augment};
+pub use builtin::BUILTIN_IMAGES;
 pub use cifar::{CIFAR100_RECORD_BYTES, CIFAR10_RECORD_BYTES};
 pub use loader::{Batch, DataLoader, Epoch};
 pub use shared::{shared_cifar10_class_names, shared_data_dir, SHARED_DATA_ENV};
+pub use source::{DataSource, DATA_SOURCE_FORMS, SYNTHETIC_IMAGES};
 
 use crate::rng::Rng;
 use crate::{Device, Error, Result, Tensor};

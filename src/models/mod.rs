@@ -3,10 +3,16 @@
 //! [`Network`], whose [`Features`] are all that proxies and distillers read.
 
 pub mod features;
+pub mod mobilenetv2;
 pub mod nb201;
+pub mod parts;
 pub mod resnet;
+pub mod resnetv2;
+pub mod shufflenet;
 pub mod small_cnn;
+pub mod vgg;
 pub mod vit;
+pub mod wrn;
 
 pub use features::{Features, Network};
 pub use nb201::{Nb201Genotype, Nb201Network, Nb201Op};
@@ -22,8 +28,12 @@ use crate::{invalid_err, Device, Result};
 
 /// The fixed names of the zoo, as the original repositories spell them (the searchable families
 /// `resnet_dXYZ` are generated, not listed).
-pub const ZOO: &[&str] =
-    &["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4"];
+#[rustfmt::skip]
+pub const ZOO: &[&str] = &[
+    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
+    "ResNet50", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
+    "MobileNetV2", "ShuffleV1", "ShuffleV2",
+];
 
 /// A CIFAR ResNet by its mdistiller/RepDistiller name (`resnet20`, `resnet8x4`, ...).
 pub fn cifar_resnet(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Result<CifarResNet> {
@@ -77,11 +87,25 @@ pub fn build(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Resu
     if name.starts_with("vit_") {
         return Ok(Box::new(VisionTransformer::new(&VitConfig::parse(name)?, num_classes, rng, dev)?));
     }
-    invalid_err!(
-        "model",
-        "unknown model '{name}': use a name of `kdscout models` ({}), resnet_dXYZ, a NAS-Bench-201 string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or vit_e192_d12_h3_r4",
-        ZOO.join(", ")
-    )
+    Ok(match name {
+        "ResNet50" => Box::new(resnetv2::ResNetV2::bottleneck([3, 4, 6, 3], num_classes, rng, dev)?),
+        "wrn_16_1" => Box::new(wrn::WideResNet::new(16, 1, num_classes, rng, dev)?),
+        "wrn_16_2" => Box::new(wrn::WideResNet::new(16, 2, num_classes, rng, dev)?),
+        "wrn_40_1" => Box::new(wrn::WideResNet::new(40, 1, num_classes, rng, dev)?),
+        "wrn_40_2" => Box::new(wrn::WideResNet::new(40, 2, num_classes, rng, dev)?),
+        "vgg8" | "vgg11" | "vgg13" | "vgg16" | "vgg19" => {
+            Box::new(vgg::Vgg::new(vgg::vgg_config(name)?, num_classes, rng, dev)?)
+        }
+        // RepDistiller's model_dict calls it `mobile_half`, mdistiller's `MobileNetV2`.
+        "MobileNetV2" | "mobile_half" => Box::new(mobilenetv2::MobileNetV2::new(6, 0.5, num_classes, rng, dev)?),
+        "ShuffleV1" => Box::new(shufflenet::ShuffleNetV1::shuffle_v1(num_classes, rng, dev)?),
+        "ShuffleV2" => Box::new(shufflenet::ShuffleNetV2::shuffle_v2(num_classes, rng, dev)?),
+        _ => invalid_err!(
+            "model",
+            "unknown model '{name}': use a name of `kdscout models` ({}), resnet_dXYZ, a NAS-Bench-201 string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or vit_e192_d12_h3_r4",
+            ZOO.join(", ")
+        ),
+    })
 }
 
 /// Size and cost of a network: trainable parameters and multiply-accumulates of one 32x32

@@ -1,0 +1,100 @@
+//! `kdscout models [--json] [--classes N]`: the zoo (`models::ZOO`) with parameters and MACs at
+//! 32x32, then the searchable families. `--json` prints JSON Lines: one object per zoo model
+//! (`{"name", "classes", "params", "macs"}`), nothing else.
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::models::{self, ModelCost};
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelsArgs {
+    /// JSON Lines instead of the table: one object per model with name, classes, params, macs.
+    #[arg(long)]
+    pub json: bool,
+    /// Classes of the classifier (the parameter counts depend on it; the KD papers use 100).
+    #[arg(long, default_value_t = 100)]
+    pub classes: usize,
+}
+
+/// `1234567` -> `"1,234,567"`.
+pub fn with_commas(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn millions(n: u64) -> String {
+    format!("{:.2}M", n as f64 / 1e6)
+}
+
+pub fn run(args: &ModelsArgs) -> Result<()> {
+    if args.classes == 0 {
+        return Err(Error::invalid("models", "--classes must be at least 1"));
+    }
+    let mut rows: Vec<(&str, ModelCost)> = Vec::with_capacity(models::ZOO.len());
+    for &name in models::ZOO {
+        rows.push((name, models::cost(name, args.classes)?));
+    }
+    if args.json {
+        for (name, c) in &rows {
+            let line = serde_json::json!({"name": name, "classes": args.classes, "params": c.params, "macs": c.macs});
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
+    println!(
+        "{} models for 32x32 inputs, {} classes (MACs = the \"FLOPs\" of the KD papers)",
+        rows.len(),
+        args.classes
+    );
+    println!("{:<w$}  {:>12}  {:>7}  {:>14}  {:>8}", "model", "params", "", "MACs", "");
+    for (name, c) in &rows {
+        println!(
+            "{name:<w$}  {:>12}  {:>7}  {:>14}  {:>8}",
+            with_commas(c.params as u64),
+            millions(c.params as u64),
+            with_commas(c.macs),
+            millions(c.macs)
+        );
+    }
+    let lo = models::cost("resnet_d111", args.classes)?;
+    let hi = models::cost("resnet_d777", args.classes)?;
+    println!();
+    println!("families, built by name:");
+    println!(
+        "  resnet_dXYZ  DisWOT depth space: ResNet-20 (widths 16/16/32/64) with X, Y, Z blocks per stage, each in \
+         {{1,3,5,7}}; 64 nets from resnet_d111 ({} params, {} MACs) to resnet_d777 ({} params, {} MACs)",
+        millions(lo.params as u64),
+        millions(lo.macs),
+        millions(hi.params as u64),
+        millions(hi.macs)
+    );
+    println!(
+        "  NAS-Bench-201  cells written |op~0|+|op~0|op~1|+|op~0|op~1|op~2| with ops none, skip_connect, \
+         nor_conv_1x1, nor_conv_3x3, avg_pool_3x3 (C=16, N=5; 15,625 cells)"
+    );
+    println!(
+        "  ViT  a small ViT for 32x32 inputs (patch 4, class token) with depth, embed dim, heads and MLP ratio \
+         per layer (the AutoFormer-style space)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn commas() {
+        assert_eq!(super::with_commas(0), "0");
+        assert_eq!(super::with_commas(999), "999");
+        assert_eq!(super::with_commas(1000), "1,000");
+        assert_eq!(super::with_commas(23_710_000), "23,710,000");
+    }
+}
