@@ -441,7 +441,7 @@ fn zen_score_matches_an_f64_recomputation() {
         }
         let m = (b * hw * hw) as f64;
         let mut unbiased = vec![0.0; cout];
-        for o in 0..cout {
+        for (o, unbiased_o) in unbiased.iter_mut().enumerate() {
             let idx: Vec<usize> =
                 (0..b).flat_map(|n| (0..hw * hw).map(move |k| (n * cout + o) * hw * hw + k)).collect();
             let mean = idx.iter().map(|&k| y[k]).sum::<f64>() / m;
@@ -449,7 +449,7 @@ fn zen_score_matches_an_f64_recomputation() {
             for &k in &idx {
                 y[k] = ((y[k] - mean) / (var + 1e-5).sqrt()).max(0.0);
             }
-            unbiased[o] = var * m / (m - 1.0);
+            *unbiased_o = var * m / (m - 1.0);
         }
         (y, unbiased)
     };
