@@ -441,7 +441,7 @@ fn zen_score_matches_an_f64_recomputation() {
         }
         let m = (b * hw * hw) as f64;
         let mut unbiased = vec![0.0; cout];
-        for o in 0..cout {
+        for (o, unbiased_o) in unbiased.iter_mut().enumerate() {
             let idx: Vec<usize> =
                 (0..b).flat_map(|n| (0..hw * hw).map(move |k| (n * cout + o) * hw * hw + k)).collect();
             let mean = idx.iter().map(|&k| y[k]).sum::<f64>() / m;
@@ -449,7 +449,7 @@ fn zen_score_matches_an_f64_recomputation() {
             for &k in &idx {
                 y[k] = ((y[k] - mean) / (var + 1e-5).sqrt()).max(0.0);
             }
-            unbiased[o] = var * m / (m - 1.0);
+            *unbiased_o = var * m / (m - 1.0);
         }
         (y, unbiased)
     };
@@ -459,4 +459,29 @@ fn zen_score_matches_an_f64_recomputation() {
     let log_bn = (rv.iter().sum::<f64>() / cout as f64).sqrt().ln();
     close(got.value, delta.ln() + log_bn, 1e-3, "zen");
     close(got.terms[1].1, log_bn, 1e-4, "zen BN term");
+}
+
+#[test]
+fn kd_based_proxies_are_minus_the_losses_and_zero_for_the_teacher_itself() {
+    let ctx0 = context(12, [6, 3, 32, 32], 10);
+    let teacher = Candidate { name: "resnet14".into(), num_classes: 10, seed: 1, init: InitMode::Default, device: DEV };
+    let view = TeacherView::compute(teacher.build().unwrap().as_ref(), "resnet14", &ctx0.images, &ctx0.labels).unwrap();
+    let ctx = ScoringContext { teacher: Some(view), ..ctx0 };
+    let student = Candidate { name: "resnet8".into(), num_classes: 10, seed: 2, init: InitMode::Default, device: DEV };
+    let sf = student.build().unwrap().forward_features(&ctx.images).unwrap();
+    let tf = teacher.build().unwrap().forward_features(&ctx.images).unwrap();
+    let kd_ref = kdscout::distill::kd(&sf.logits, &tf.logits, 4.0).unwrap().item().unwrap() as f64;
+    let sp_ref = sp_direct(&f64s(sf.final_map()), &f64s(tf.final_map()), 6);
+    let s = || student.build();
+    close(score("kd", &ctx, &s), -kd_ref, 1e-5, "kd proxy");
+    close(score("sp", &ctx, &s), -sp_ref, 1e-4, "sp proxy");
+    let same = || teacher.build();
+    for name in ["kd", "fitnet", "at", "sp", "rkd", "pkt", "cc", "nst"] {
+        let v = score(name, &ctx, &s);
+        assert!(v.is_finite() && v <= 0.0, "{name}: {v}");
+        // CC embeds student and teacher with two different random Linears, so only it is not 0.
+        if name != "cc" {
+            assert!(score(name, &ctx, &same).abs() < 1e-5, "{name} of the teacher itself");
+        }
+    }
 }

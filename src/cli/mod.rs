@@ -1,9 +1,11 @@
 //! The command line: one file per subcommand; `main.rs` only parses and dispatches.
 
+pub mod correlate;
 pub mod data;
 pub mod demo;
 pub mod import_weights;
 pub mod models;
+pub mod score;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,11 @@ pub enum Command {
     /// Convert a PyTorch checkpoint (.pth, zip format) of a zoo model to a kdscout safetensors file,
     /// checking every name and shape.
     ImportWeights(import_weights::ImportWeightsArgs),
+    /// Score students against a teacher without training (DisWOT and the zero-cost proxies), on
+    /// one real batch; `--candidates FILE` streams many into results.jsonl.
+    Score(score::ScoreArgs),
+    /// Rank agreement (Spearman, Kendall tau-b, Pearson, precision@k) of scores with ground truth.
+    Correlate(correlate::CorrelateArgs),
 }
 
 pub fn run(cli: Cli) -> crate::Result<()> {
@@ -35,5 +42,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Data(args) => data::run(&args),
         Command::Models(args) => models::run(&args),
         Command::ImportWeights(args) => import_weights::run(&args),
+        Command::Score(args) => score::run(&args),
+        Command::Correlate(args) => correlate::run(&args),
     }
 }

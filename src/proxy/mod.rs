@@ -9,6 +9,7 @@
 //! every train-mode forward moves BN running statistics), and none may leak into another.
 
 pub mod diswot;
+pub mod kd_based;
 pub mod linalg;
 pub mod rank;
 pub mod run;
@@ -153,6 +154,7 @@ pub trait Proxy: Send + Sync {
 /// Every proxy, in the order `--proxies all` runs them.
 pub fn registry() -> Vec<Box<dyn Proxy>> {
     let mut v: Vec<Box<dyn Proxy>> = vec![Box::new(diswot::DisWot), Box::new(diswot::DisWotCam)];
+    v.extend(kd_based::all());
     v.extend(zero_cost::all());
     v
 }

@@ -1,0 +1,146 @@
+//! `kdscout score` and `kdscout correlate` as a user runs them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn kdscout(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdscout")).args(args).output().unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kdscout-score-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ok(run: &Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "failed:\n{out}\n{err}");
+    out.into_owned()
+}
+
+fn error_of(run: &Output) -> String {
+    assert_eq!(run.status.code(), Some(1), "expected a clean error exit");
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn candidates_stream_into_results_with_errors_recorded_per_candidate() {
+    let dir = tmp("cands");
+    let cands = dir.join("cands.txt");
+    let nb201 = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|";
+    std::fs::write(
+        &cands,
+        format!("# two students and a typo\nresnet8\n{nb201}\n|bad_op~0|+|none~0|none~1|+|none~0|none~1|none~2|\n"),
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let args = |out: &PathBuf| -> Vec<String> {
+        ["score", "--teacher", "resnet14", "--candidates", cands.to_str().unwrap(), "--proxies", "diswot,params,nwot"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(
+                ["--batch", "8", "--seed", "5", "--json", "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()),
+            )
+            .collect()
+    };
+    let a: Vec<String> = args(&out);
+    let stdout = ok(&kdscout(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(stdout.lines().count(), 3, "--json prints one record a line");
+    assert_eq!(lines[0]["arch"], "resnet8");
+    assert_eq!(lines[0]["teacher"], "resnet14");
+    assert_eq!(lines[0]["status"], "ok");
+    assert!(lines[0]["scores"]["diswot"]["score"].as_f64().unwrap() < 0.0);
+    assert!(lines[0]["scores"]["diswot"]["terms"]["semantic"].is_number());
+    assert_eq!(lines[1]["arch"], nb201);
+    assert!(lines[1]["params_m"].as_f64().unwrap() > 0.0);
+    // The malformed cell is recorded as an error naming the bad token; the run goes on.
+    assert_eq!(lines[2]["status"], "error");
+    assert!(lines[2]["scores"]["diswot"]["score"].is_null());
+    assert!(lines[2]["scores"]["diswot"]["error"].as_str().unwrap().contains("bad_op"), "{}", lines[2]);
+    let config = std::fs::read_to_string(out.join("config.resolved.toml")).unwrap();
+    assert!(config.contains("seed = 5") && config.contains("batch = 8") && config.contains("diswot"), "{config}");
+
+    // Same seed, same scores (bit for bit), in a second run directory.
+    let out2 = dir.join("run2");
+    ok(&kdscout(&args(&out2).iter().map(String::as_str).collect::<Vec<_>>()));
+    let again = std::fs::read_to_string(out2.join("results.jsonl")).unwrap();
+    let first: Vec<serde_json::Value> = again.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (a, b) in lines.iter().zip(&first) {
+        assert_eq!(a["scores"]["diswot"]["score"], b["scores"]["diswot"]["score"]);
+        assert_eq!(a["scores"]["nwot"]["score"], b["scores"]["nwot"]["score"]);
+    }
+
+    // Correlate those scores with a made-up truth where resnet8 is best.
+    let truth = dir.join("truth.csv");
+    std::fs::write(&truth, format!("arch,acc\nresnet8,70.5\n\"{nb201}\",60.25\n")).unwrap();
+    let res = out.join("results.jsonl");
+    let c =
+        ok(&kdscout(&["correlate", "--scores", res.to_str().unwrap(), "--truth", truth.to_str().unwrap(), "--json"]));
+    let rows: Vec<serde_json::Value> = c.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let params = rows.iter().find(|r| r["proxy"] == "params").unwrap();
+    assert_eq!(params["n"], 2);
+    // resnet8 (0.078M) is smaller than the NB201 cell: params ranks them the wrong way round.
+    assert_eq!(params["spearman"].as_f64().unwrap(), -1.0);
+    let err = error_of(&kdscout(&[
+        "correlate",
+        "--scores",
+        res.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--column",
+        "top1",
+    ]));
+    assert!(err.contains("top1") && err.contains("acc"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dump_writes_everything_needed_to_recompute_a_score() {
+    let dir = tmp("dump");
+    let d = dir.join("dump");
+    ok(&kdscout(&[
+        "score",
+        "--teacher",
+        "resnet8",
+        "--student",
+        "resnet_d111",
+        "--batch",
+        "4",
+        "--dump",
+        d.to_str().unwrap(),
+    ]));
+    for f in ["batch.safetensors", "teacher.safetensors", "student_resnet_d111.safetensors", "terms_resnet_d111.json"] {
+        assert!(d.join(f).is_file(), "missing {f}");
+    }
+    let batch = kdscout::weights::load(d.join("batch.safetensors")).unwrap();
+    let names: Vec<&str> = batch.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["images", "labels"]);
+    assert_eq!(batch.tensors[0].1.dims(), &[4, 3, 32, 32]);
+    let teacher = kdscout::weights::load(d.join("teacher.safetensors")).unwrap();
+    assert!(teacher.tensors.iter().any(|(n, _)| n == "layer1.0.conv1.weight"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let e = error_of(&kdscout(&["score", "--student", "resnet8", "--proxies", "diswot"]));
+    assert!(e.contains("--teacher"), "{e}");
+    let e = error_of(&kdscout(&["score", "--student", "resnet8", "--proxies", "synflw"]));
+    assert!(e.contains("synflw") && e.contains("grad_norm"), "{e}");
+    let e = error_of(&kdscout(&["score", "--student", "resnet8", "--data", "imagenet"]));
+    assert!(e.contains("imagenet") && e.contains("builtin"), "{e}");
+    let e = error_of(&kdscout(&["score", "--student", "resnet8", "--batch", "100000"]));
+    assert!(e.contains("--batch"), "{e}");
+    let e = error_of(&kdscout(&["score", "--teacher", "resnet8", "--student", "resnet8", "--init", "xavier"]));
+    assert!(e.contains("xavier"), "{e}");
+}
