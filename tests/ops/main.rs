@@ -38,3 +38,13 @@ macro_rules! all_op_tests {
 mod cpu {
     all_op_tests!(kdscout::Device::Cpu);
 }
+
+/// The CUDA kernels, executed on the emulator (one fiber per CUDA thread; fresh device buffers
+/// are NaN, so unwritten outputs fail). The families listed here are the ones whose ops all
+/// have kernels; the list grows as kernels land until it is `all_op_tests!`. An op without a
+/// kernel returns "op X has no CUDA kernel yet" instead of running on the CPU.
+#[cfg(feature = "cuda-emu")]
+mod emu {
+    elementwise_tests!(kdscout::Device::CudaEmu);
+    reduce_tests!(kdscout::Device::CudaEmu);
+}
