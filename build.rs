@@ -286,7 +286,7 @@ fn build_emu(kdir: &Path, out: &Path, sources: &[PathBuf]) {
             let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
             let o = Command::new(&cxx)
                 .args(["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-fsanitize=thread", "-fvisibility=hidden"])
-                .args(["-DKDS_EMU_TSAN", "-Wl,-Bsymbolic", "-I"])
+                .args(["-DKDS_EMU_TSAN", "-Wno-unknown-pragmas", "-Wl,-Bsymbolic", "-I"])
                 .arg(&kdir)
                 .args(["-x", "c++"])
                 .args(&sources)
@@ -310,6 +310,7 @@ fn build_emu(kdir: &Path, out: &Path, sources: &[PathBuf]) {
         .flag("c++")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unused-function")
+        .flag_if_supported("-Wno-unknown-pragmas")
         .warnings(true);
     for s in sources.iter().chain(&emu_cpp) {
         b.file(s);

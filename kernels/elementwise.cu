@@ -84,11 +84,16 @@ KERNEL void __launch_bounds__(256) binary_bcast(const float* __restrict__ a, con
                                                 float* __restrict__ y, BinaryParams p) {
     GRID_STRIDE(i, p.n) {
         long long rem = i, ia = 0, ib = 0;
-        for (int d = p.rank - 1; d >= 0; d--) {
-            long long idx = rem % p.out_dims[d];
-            rem /= p.out_dims[d];
-            ia += idx * p.a_strides[d];
-            ib += idx * p.b_strides[d];
+        // Unrolled over the fixed maximum rank so the parameter arrays are indexed statically
+        // (a dynamic index would copy the struct to local memory).
+#pragma unroll
+        for (int d = KDS_MAX_RANK - 1; d >= 0; d--) {
+            if (d < p.rank) {
+                long long idx = rem % p.out_dims[d];
+                rem /= p.out_dims[d];
+                ia += idx * p.a_strides[d];
+                ib += idx * p.b_strides[d];
+            }
         }
         float u = a[ia], v = b[ib], r;
         switch (p.op) {
@@ -107,16 +112,22 @@ EMU_EXPORT(binary_bcast)
 KERNEL void __launch_bounds__(256) sum_to(const float* __restrict__ x, float* __restrict__ y, SumToParams p) {
     GRID_STRIDE(o, p.n_out) {
         long long rem = o, base = 0;
-        for (int d = p.rank - 1; d >= 0; d--) {
-            base += (rem % p.out_dims[d]) * p.x_strides[d];
-            rem /= p.out_dims[d];
+#pragma unroll
+        for (int d = KDS_MAX_RANK - 1; d >= 0; d--) {
+            if (d < p.rank) {
+                base += (rem % p.out_dims[d]) * p.x_strides[d];
+                rem /= p.out_dims[d];
+            }
         }
         float acc = 0.0f;
         for (int r = 0; r < p.n_red; r++) {
             long long rr = r, off = base;
-            for (int d = p.rank - 1; d >= 0; d--) {
-                off += (rr % p.red_dims[d]) * p.x_strides[d];
-                rr /= p.red_dims[d];
+#pragma unroll
+            for (int d = KDS_MAX_RANK - 1; d >= 0; d--) {
+                if (d < p.rank) {
+                    off += (rr % p.red_dims[d]) * p.x_strides[d];
+                    rr /= p.red_dims[d];
+                }
             }
             acc += x[off];
         }

@@ -26,7 +26,22 @@
 #define KDS_AXIS_PARAMS(F, A) F(int, outer) F(int, len) F(int, inner) F(int, flag) F(float, eps)
 #define KDS_LOSS_PARAMS(F, A) F(int, rows) F(int, classes) F(int, n) F(float, inv_rows)
 
+// ---- layout ----
+// y[o] = x[sum_d idx_d(o) * src_strides[d]], idx over out_dims (permute).
+#define KDS_PERMUTE_PARAMS(F, A) F(int, n) F(int, rank) A(int, out_dims, KDS_MAX_RANK) A(int, src_strides, KDS_MAX_RANK)
+// Copy `len` lines of [outer, *, inner] views: y[o, dst_start + k, i] = x[o, src_start + k, i]
+// (narrow: dst_start = 0; concat: one launch per part, src_start = 0).
+#define KDS_SLICE_PARAMS(F, A) \
+    F(int, outer) F(int, inner) F(int, len) F(int, src_len) F(int, src_start) F(int, dst_len) F(int, dst_start)
+
+// ---- gemm: C[b] (m x n) = op(A[b]) (m x k) * op(B[b]) (k x n), batch strides 0 = broadcast ----
+#define KDS_GEMM_PARAMS(F, A) \
+    F(int, m) F(int, n) F(int, k) F(int, trans_a) F(int, trans_b) F(long long, stride_a) F(long long, stride_b)
+
 #define KDS_ALL_PARAMS(X)                 \
+    X(PermuteParams, KDS_PERMUTE_PARAMS)  \
+    X(SliceParams, KDS_SLICE_PARAMS)      \
+    X(GemmParams, KDS_GEMM_PARAMS)        \
     X(ScalarParams, KDS_SCALAR_PARAMS)    \
     X(UnaryParams, KDS_UNARY_PARAMS)      \
     X(BinaryParams, KDS_BINARY_PARAMS)    \

@@ -46,5 +46,7 @@ mod cpu {
 #[cfg(feature = "cuda-emu")]
 mod emu {
     elementwise_tests!(kdscout::Device::CudaEmu);
+    layout_tests!(kdscout::Device::CudaEmu);
+    matmul_tests!(kdscout::Device::CudaEmu);
     reduce_tests!(kdscout::Device::CudaEmu);
 }

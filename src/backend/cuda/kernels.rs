@@ -123,6 +123,13 @@ kernels! {
         normalize_bwd_rows(x: i, dy: i, dx: o; AxisParams);
         normalize_bwd_cols(x: i, dy: i, dx: o; AxisParams);
     }
+    "layout" {
+        permute(x: i, y: o; PermuteParams);
+        copy_slices(x: i, y: o; SliceParams);
+    }
+    "gemm" {
+        gemm(a: i, b: i, c: o; GemmParams);
+    }
     "loss" {
         ce_fwd(logits: i, labels: i, loss: o; LossParams);
         ce_bwd(logits: i, labels: i, dloss: i, dlogits: o; LossParams);

@@ -255,18 +255,98 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         Ok(y)
     }
 
-    fn permute(&self, _x: &Storage, _dims: &[usize], _perm: &[usize]) -> Result<Storage> {
-        no_kernel("permute")
+    fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
+        let n = x.len();
+        let mut y = self.gpu.alloc(n)?;
+        if n == 0 {
+            return Ok(y);
+        }
+        let r = dims.len();
+        let mut in_strides = vec![1usize; r];
+        for i in (0..r.saturating_sub(1)).rev() {
+            in_strides[i] = in_strides[i + 1] * dims[i + 1];
+        }
+        let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+        let src: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+        let p = PermuteParams {
+            n: int("permute", n)?,
+            rank: r as i32,
+            out_dims: rank_dims("permute", &out_dims)?,
+            src_strides: rank_dims("permute", &src)?,
+        };
+        k::permute(&self.gpu, LaunchCfg::linear(n), x, &mut y, &p)?;
+        Ok(y)
     }
-    fn concat(&self, _parts: &[&Storage], _outer: usize, _lens: &[usize], _inner: usize) -> Result<Storage> {
-        no_kernel("concat")
+    fn concat(&self, parts: &[&Storage], outer: usize, lens: &[usize], inner: usize) -> Result<Storage> {
+        let total: usize = lens.iter().sum();
+        let mut y = self.gpu.alloc(outer * total * inner)?;
+        let mut start = 0;
+        for (part, &len) in parts.iter().zip(lens) {
+            if outer * len * inner > 0 {
+                let p = SliceParams {
+                    outer: int("concat", outer)?,
+                    inner: int("concat", inner)?,
+                    len: int("concat", len)?,
+                    src_len: int("concat", len)?,
+                    src_start: 0,
+                    dst_len: int("concat", total)?,
+                    dst_start: int("concat", start)?,
+                };
+                int("concat", outer * total * inner)?;
+                k::copy_slices(&self.gpu, LaunchCfg::linear(outer * len * inner), part, &mut y, &p)?;
+            }
+            start += len;
+        }
+        Ok(y)
     }
-    fn narrow(&self, _x: &Storage, _g: DimGeom, _start: usize, _len: usize) -> Result<Storage> {
-        no_kernel("narrow")
+    fn narrow(&self, x: &Storage, g: DimGeom, start: usize, len: usize) -> Result<Storage> {
+        let n = g.outer * len * g.inner;
+        let mut y = self.gpu.alloc(n)?;
+        if n == 0 {
+            return Ok(y);
+        }
+        int("narrow", x.len())?;
+        let p = SliceParams {
+            outer: int("narrow", g.outer)?,
+            inner: int("narrow", g.inner)?,
+            len: int("narrow", len)?,
+            src_len: int("narrow", g.len)?,
+            src_start: int("narrow", start)?,
+            dst_len: int("narrow", len)?,
+            dst_start: 0,
+        };
+        k::copy_slices(&self.gpu, LaunchCfg::linear(n), x, &mut y, &p)?;
+        Ok(y)
     }
 
-    fn matmul(&self, _a: &Storage, _b: &Storage, _g: &MatmulGeom) -> Result<Storage> {
-        no_kernel("matmul")
+    fn matmul(&self, a: &Storage, b: &Storage, g: &MatmulGeom) -> Result<Storage> {
+        let n_out = g.batch * g.m * g.n;
+        let mut c = self.gpu.alloc(n_out)?;
+        if n_out == 0 {
+            return Ok(c);
+        }
+        int("matmul", n_out)?;
+        int("matmul", a.len())?;
+        int("matmul", b.len())?;
+        let (gx, gy) = (g.n.div_ceil(64), g.m.div_ceil(64));
+        if g.batch > 65535 || gy > 65535 {
+            return Err(Error::Device {
+                op: "matmul",
+                detail: format!("batch {} or {} row tiles above the grid limit of 65535", g.batch, gy),
+            });
+        }
+        let p = GemmParams {
+            m: g.m as i32,
+            n: g.n as i32,
+            k: int("matmul", g.k)?,
+            trans_a: g.trans_a as i32,
+            trans_b: g.trans_b as i32,
+            stride_a: if g.a_broadcast { 0 } else { (g.m * g.k) as i64 },
+            stride_b: if g.b_broadcast { 0 } else { (g.k * g.n) as i64 },
+        };
+        let cfg = LaunchCfg { grid: [gx as u32, gy as u32, g.batch as u32], block: [16, 16, 1], smem: 0 };
+        k::gemm(&self.gpu, cfg, a, b, &mut c, &p)?;
+        Ok(c)
     }
     fn conv2d(&self, _x: &Storage, _w: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
         no_kernel("conv2d")
