@@ -23,6 +23,14 @@ void __tsan_acquire(void* addr);
 void __tsan_release(void* addr);
 }
 #define TSAN_NO_SYNC 1u
+// The scheduler's own bookkeeping (fiber states, block coordinates, stack pointers) is shared
+// by the scheduler and the fibers without synchronisation TSan could see, and must stay so:
+// any happens-before edge through the scheduler would order every fiber after every other and
+// hide the kernels' races. So the scheduler functions are not instrumented; the kernels'
+// memory accesses are, and barriers are their only synchronisation.
+#define KDS_NO_TSAN __attribute__((no_sanitize("thread")))
+#else
+#define KDS_NO_TSAN
 #endif
 
 namespace kds_emu {
@@ -113,7 +121,7 @@ struct Runtime {
 
 thread_local Runtime* g_rt = nullptr;
 
-Runtime& rt() {
+KDS_NO_TSAN Runtime& rt() {
     static thread_local Runtime r;
     g_rt = &r;
     return r;
@@ -121,7 +129,7 @@ Runtime& rt() {
 
 void fiber_entry();
 
-void init_stack(Runtime& r, Fiber* f, size_t index) {
+KDS_NO_TSAN void init_stack(Runtime& r, Fiber* f, size_t index) {
 #if defined(__x86_64__)
     (void)r;
     (void)index;
@@ -147,7 +155,7 @@ void init_stack(Runtime& r, Fiber* f, size_t index) {
 #endif
 }
 
-void ensure_fibers(Runtime& r, int n) {
+KDS_NO_TSAN void ensure_fibers(Runtime& r, int n) {
     while ((int)r.fibers.size() < n) {
         Fiber* f = new Fiber();
         long page = sysconf(_SC_PAGESIZE);
@@ -168,7 +176,7 @@ void ensure_fibers(Runtime& r, int n) {
     }
 }
 
-inline void switch_to(Runtime& r, Fiber* f) {
+KDS_NO_TSAN inline void switch_to(Runtime& r, Fiber* f) {
     g_cur = f;
 #if defined(KDS_EMU_TSAN)
     __tsan_switch_to_fiber(f->tsan, TSAN_NO_SYNC);
@@ -180,7 +188,7 @@ inline void switch_to(Runtime& r, Fiber* f) {
 #endif
 }
 
-inline void yield_to_scheduler(Fiber* f) {
+KDS_NO_TSAN inline void yield_to_scheduler(Fiber* f) {
     Runtime& r = *g_rt;
 #if defined(KDS_EMU_TSAN)
     __tsan_switch_to_fiber(r.sched_tsan, TSAN_NO_SYNC);
@@ -193,7 +201,7 @@ inline void yield_to_scheduler(Fiber* f) {
 #endif
 }
 
-void fiber_entry() {
+KDS_NO_TSAN void fiber_entry() {
     Runtime& r = *g_rt;
 #if defined(KDS_EMU_TSAN)
     __tsan_acquire(&r.epoch);
@@ -209,7 +217,7 @@ void fiber_entry() {
 }
 
 // Runs every thread of the current block to completion. Returns false on divergence.
-bool run_block(Runtime& r, int n) {
+KDS_NO_TSAN bool run_block(Runtime& r, int n) {
     Block& b = r.block;
     const dim3 d = b.dim;
     for (int i = 0; i < n; i++) {
@@ -260,7 +268,7 @@ bool run_block(Runtime& r, int n) {
 
 }  // namespace
 
-void fail(const char* fmt, ...) {
+KDS_NO_TSAN void fail(const char* fmt, ...) {
     Block* b = g_block;
     if (b && b->error) return;  // keep the first message
     va_list ap;
@@ -270,7 +278,7 @@ void fail(const char* fmt, ...) {
     if (b) b->error = 1;
 }
 
-void syncthreads() {
+KDS_NO_TSAN void syncthreads() {
     Fiber* f = g_cur;
     Runtime& r = *g_rt;
     unsigned gen = f->block_gen++;
@@ -287,7 +295,7 @@ void syncthreads() {
 #endif
 }
 
-void syncwarp() {
+KDS_NO_TSAN void syncwarp() {
     Fiber* f = g_cur;
     Runtime& r = *g_rt;
     unsigned gen = f->warp_gen++;
@@ -306,7 +314,7 @@ void syncwarp() {
 #endif
 }
 
-int launch_raw(const unsigned* grid, const unsigned* block, unsigned dyn_smem, void (*body)(void*), void* ctx) {
+KDS_NO_TSAN int launch_raw(const unsigned* grid, const unsigned* block, unsigned dyn_smem, void (*body)(void*), void* ctx) {
     Runtime& r = rt();
     g_error[0] = 0;
     const unsigned long long threads = (unsigned long long)block[0] * block[1] * block[2];
@@ -348,9 +356,15 @@ int launch_raw(const unsigned* grid, const unsigned* block, unsigned dyn_smem, v
         for (unsigned y = 0; y < grid[1] && rc == 0; y++)
             for (unsigned x = 0; x < grid[0] && rc == 0; x++) {
                 b.idx = uint3{x, y, z};
+#if defined(KDS_EMU_TSAN)
+                __tsan_acquire(&r.epoch);  // the previous block's threads are done with the arena
+#endif
                 // Shared memory starts as NaN bytes, so a read before any write shows.
                 std::memset(b.shared, 0xff, kStaticShared);
                 if (dyn_smem) std::memset(b.dyn_shared, 0xff, dyn_smem);
+#if defined(KDS_EMU_TSAN)
+                __tsan_release(&r.epoch);  // ... and this block's threads see the poisoned arena
+#endif
                 if (!run_block(r, n)) rc = -1;
             }
 #if defined(KDS_EMU_TSAN)

@@ -125,6 +125,7 @@ impl Gpu for EmuGpu {
                 detail: "the emulator library has no entry for this kernel".into(),
             });
         };
+        LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).insert(k.name);
         // SAFETY: the caller guarantees args match the kernel (see Gpu::launch).
         let rc = unsafe { f(cfg.grid.as_ptr(), cfg.block.as_ptr(), cfg.smem, args.as_mut_ptr()) };
         if rc != 0 {
@@ -135,6 +136,14 @@ impl Gpu for EmuGpu {
         }
         Ok(())
     }
+}
+
+static LAUNCHED: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Names of the kernels this process has launched on the emulator (coverage of the race test).
+pub fn launched() -> Vec<&'static str> {
+    LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
 }
 
 /// Names of the kernels the linked emulator library exports.
