@@ -38,7 +38,11 @@
 #define KDS_GEMM_PARAMS(F, A) \
     F(int, m) F(int, n) F(int, k) F(int, trans_a) F(int, trans_b) F(long long, stride_a) F(long long, stride_b)
 
+// ---- normalisation: x viewed as [n, c, hw]; layer norm uses n = rows, c = cols, hw = 1 ----
+#define KDS_NORM_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(float, eps) F(float, momentum)
+
 #define KDS_ALL_PARAMS(X)                 \
+    X(NormParams, KDS_NORM_PARAMS)        \
     X(PermuteParams, KDS_PERMUTE_PARAMS)  \
     X(SliceParams, KDS_SLICE_PARAMS)      \
     X(GemmParams, KDS_GEMM_PARAMS)        \

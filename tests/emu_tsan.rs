@@ -16,7 +16,7 @@ use kdscout::backend::cuda::emu::{self, EmuGpu};
 use kdscout::backend::cuda::kernels::{self, tsan_only};
 use kdscout::backend::cuda::params::{AxisParams, AxpbyParams};
 use kdscout::backend::cuda::{Gpu, LaunchCfg};
-use kdscout::backend::{Backend, BinaryOp, DimGeom, MatmulGeom, SgdStep, UnaryOp};
+use kdscout::backend::{Backend, BinaryOp, DimGeom, MatmulGeom, NormGeom, SgdStep, UnaryOp};
 use kdscout::rng::Rng;
 use kdscout::Device;
 
@@ -91,6 +91,18 @@ fn exercise_all() {
         b_broadcast: false,
     };
     finite(&be.matmul(&a, &bm, &mg).unwrap(), "matmul");
+    // Batch norm over [3, 5, 7, 9] (a partial warp per image row) and layer norm over 5 rows of 60.
+    let (bx, gam, bet) = (up(3 * 5 * 63, 10), up(5, 11), up(5, 12));
+    let (mut rm, mut rv) = (be.full(5, 0.0).unwrap(), be.full(5, 1.0).unwrap());
+    let ng = NormGeom { n: 3, c: 5, hw: 63, eps: 1e-5, momentum: 0.1 };
+    let (y, mean, inv) = be.batch_norm_train(&bx, &gam, &bet, &mut rm, &mut rv, &ng).unwrap();
+    let (dx, _, _) = be.batch_norm_backward(&bx, &y, &gam, &mean, &inv, &ng).unwrap();
+    finite(&dx, "batch_norm_backward");
+    let lg = NormGeom { n: 5, c: 189, hw: 1, eps: 1e-5, momentum: 0.0 };
+    let (lgam, lbet) = (up(189, 13), up(189, 14));
+    let (y, mean, inv) = be.layer_norm(&bx, &lgam, &lbet, &lg).unwrap();
+    let (dx, _, _) = be.layer_norm_backward(&bx, &y, &lgam, &mean, &inv, &lg).unwrap();
+    finite(&dx, "layer_norm_backward");
     // axpby is not a Backend op yet (hypergradient steps): call its wrapper.
     let gpu = EmuGpu;
     let mut y = gpu.alloc(300).unwrap();

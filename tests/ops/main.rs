@@ -48,5 +48,6 @@ mod emu {
     elementwise_tests!(kdscout::Device::CudaEmu);
     layout_tests!(kdscout::Device::CudaEmu);
     matmul_tests!(kdscout::Device::CudaEmu);
+    norm_tests!(kdscout::Device::CudaEmu);
     reduce_tests!(kdscout::Device::CudaEmu);
 }

@@ -130,6 +130,15 @@ kernels! {
     "gemm" {
         gemm(a: i, b: i, c: o; GemmParams);
     }
+    "norm" {
+        bn_stats(x: i, mean: o, invstd: o, running_mean: o, running_var: o, shift: o; NormParams);
+        bn_apply(x: i, shift: i, invstd: i, gamma: i, beta: i, y: o; NormParams);
+        bn_bwd_stats(x: i, dy: i, invstd: i, sums: o, dgamma: o, dbeta: o; NormParams);
+        bn_bwd_apply(x: i, dy: i, invstd: i, gamma: i, sums: i, dx: o; NormParams);
+        ln_fwd(x: i, gamma: i, beta: i, y: o, mean: o, invstd: o; NormParams);
+        ln_bwd_dx(x: i, dy: i, gamma: i, invstd: i, dx: o, rowstats: o; NormParams);
+        ln_bwd_params(x: i, dy: i, rowstats: i, invstd: i, dgamma: o, dbeta: o; NormParams);
+    }
     "loss" {
         ce_fwd(logits: i, labels: i, loss: o; LossParams);
         ce_bwd(logits: i, labels: i, dloss: i, dlogits: o; LossParams);

@@ -43,6 +43,11 @@ fn rank_dims(op: &'static str, dims: &[usize]) -> Result<[i32; MAX_RANK]> {
     Ok(out)
 }
 
+fn norm_params(op: &'static str, g: &NormGeom) -> Result<NormParams> {
+    int(op, g.n * g.c * g.hw)?;
+    Ok(NormParams { n: g.n as i32, c: g.c as i32, hw: g.hw as i32, eps: g.eps, momentum: g.momentum })
+}
+
 fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
     match op {
         UnaryOp::Relu => (0, 0.0, 0.0),
@@ -131,6 +136,18 @@ impl<G: Gpu> GpuBackend<G> {
         }
         let f = if g.inner == 1 { kernels.0 } else { kernels.1 };
         f(&self.gpu, Self::axis_cfg(g), a, b, &mut y, &p)?;
+        Ok(y)
+    }
+
+    /// A copy of x on the same device.
+    fn copy(&self, x: &Storage) -> Result<Storage> {
+        let n = x.len();
+        let mut y = self.gpu.alloc(n)?;
+        if n > 0 {
+            let n = int("copy", n)?;
+            let p = SliceParams { outer: 1, inner: n, len: 1, src_len: 1, src_start: 0, dst_len: 1, dst_start: 0 };
+            k::copy_slices(&self.gpu, LaunchCfg::linear(x.len()), x, &mut y, &p)?;
+        }
         Ok(y)
     }
 
@@ -379,45 +396,82 @@ impl<G: Gpu> Backend for GpuBackend<G> {
 
     fn batch_norm_train(
         &self,
-        _x: &Storage,
-        _gamma: &Storage,
-        _beta: &Storage,
-        _running_mean: &mut Storage,
-        _running_var: &mut Storage,
-        _g: &NormGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        no_kernel("batch_norm_train")
+        if g.n * g.hw == 0 || g.c == 0 {
+            return Ok((self.copy(x)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
+        }
+        let p = norm_params("batch_norm_train", g)?;
+        let gpu = &self.gpu;
+        let (mut mean, mut invstd, mut y) = (gpu.alloc(g.c)?, gpu.alloc(g.c)?, gpu.alloc(x.len())?);
+        let mut shift = gpu.alloc(2 * g.c)?;
+        let cfg = LaunchCfg::blocks(g.c, 256);
+        k::bn_stats(gpu, cfg, x, &mut mean, &mut invstd, running_mean, running_var, &mut shift, &p)?;
+        k::bn_apply(gpu, LaunchCfg::linear(x.len()), x, &shift, &invstd, gamma, beta, &mut y, &p)?;
+        Ok((y, mean, invstd))
     }
     fn batch_norm_backward(
         &self,
-        _x: &Storage,
-        _dy: &Storage,
-        _gamma: &Storage,
-        _mean: &Storage,
-        _invstd: &Storage,
-        _g: &NormGeom,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        no_kernel("batch_norm_backward")
+        if g.n * g.hw == 0 || g.c == 0 {
+            return Ok((self.full(x.len(), 0.0)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
+        }
+        let p = norm_params("batch_norm_backward", g)?;
+        let gpu = &self.gpu;
+        let _ = mean; // recomputed with a shift in bn_bwd_stats, for precision far from zero
+        let (mut sums, mut dgamma, mut dbeta, mut dx) =
+            (gpu.alloc(4 * g.c)?, gpu.alloc(g.c)?, gpu.alloc(g.c)?, gpu.alloc(x.len())?);
+        k::bn_bwd_stats(gpu, LaunchCfg::blocks(g.c, 256), x, dy, invstd, &mut sums, &mut dgamma, &mut dbeta, &p)?;
+        k::bn_bwd_apply(gpu, LaunchCfg::linear(x.len()), x, dy, invstd, gamma, &sums, &mut dx, &p)?;
+        Ok((dx, dgamma, dbeta))
     }
     fn layer_norm(
         &self,
-        _x: &Storage,
-        _gamma: &Storage,
-        _beta: &Storage,
-        _g: &NormGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        no_kernel("layer_norm")
+        if g.n == 0 || g.c == 0 {
+            return Ok((self.copy(x)?, self.full(g.n, 0.0)?, self.full(g.n, 0.0)?));
+        }
+        let p = norm_params("layer_norm", g)?;
+        let gpu = &self.gpu;
+        let (mut y, mut mean, mut invstd) = (gpu.alloc(x.len())?, gpu.alloc(g.n)?, gpu.alloc(g.n)?);
+        k::ln_fwd(gpu, LaunchCfg::blocks(g.n, 256), x, gamma, beta, &mut y, &mut mean, &mut invstd, &p)?;
+        Ok((y, mean, invstd))
     }
     fn layer_norm_backward(
         &self,
-        _x: &Storage,
-        _dy: &Storage,
-        _gamma: &Storage,
-        _mean: &Storage,
-        _invstd: &Storage,
-        _g: &NormGeom,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        no_kernel("layer_norm_backward")
+        if g.n == 0 || g.c == 0 {
+            return Ok((self.full(x.len(), 0.0)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
+        }
+        let p = norm_params("layer_norm_backward", g)?;
+        let gpu = &self.gpu;
+        let _ = mean; // recomputed with a shift in ln_bwd_dx, for precision far from zero
+        let (mut dx, mut dgamma, mut dbeta) = (gpu.alloc(x.len())?, gpu.alloc(g.c)?, gpu.alloc(g.c)?);
+        let mut rowstats = gpu.alloc(2 * g.n)?;
+        k::ln_bwd_dx(gpu, LaunchCfg::blocks(g.n, 256), x, dy, gamma, invstd, &mut dx, &mut rowstats, &p)?;
+        k::ln_bwd_params(gpu, LaunchCfg::linear(g.c), x, dy, &rowstats, invstd, &mut dgamma, &mut dbeta, &p)?;
+        Ok((dx, dgamma, dbeta))
     }
 
     fn softmax(&self, x: &Storage, g: DimGeom, log: bool) -> Result<Storage> {

@@ -53,6 +53,8 @@ params! {
     /// Reductions over the middle axis of [outer, len, inner]; `flag` = log for softmax.
     pub struct AxisParams { outer: i32, len: i32, inner: i32, flag: i32, eps: f32 }
     pub struct LossParams { rows: i32, classes: i32, n: i32, inv_rows: f32 }
+    /// x viewed as [n, c, hw] (batch norm); layer norm: n = rows, c = cols, hw = 1.
+    pub struct NormParams { n: i32, c: i32, hw: i32, eps: f32, momentum: f32 }
     pub struct PermuteParams { n: i32, rank: i32, out_dims: [i32; MAX_RANK], src_strides: [i32; MAX_RANK] }
     pub struct SliceParams { outer: i32, inner: i32, len: i32, src_len: i32, src_start: i32, dst_len: i32, dst_start: i32 }
     /// Batch strides in elements; 0 broadcasts a single matrix over the batch.
