@@ -51,3 +51,14 @@ mod emu {
     norm_tests!(kdscout::Device::CudaEmu);
     reduce_tests!(kdscout::Device::CudaEmu);
 }
+
+/// The same families on a real GPU (`scripts/gpu-check.sh` on a machine that has one; the cfg
+/// keeps them out of builds that cannot run them).
+#[cfg(all(feature = "cuda", kdscout_gpu))]
+mod gpu {
+    elementwise_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
+    layout_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
+    matmul_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
+    norm_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
+    reduce_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
+}
