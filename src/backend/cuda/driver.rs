@@ -202,9 +202,9 @@ fn registry() -> &'static Registry {
 /// Probe GPU `ordinal` (driver present, device exists, kernels load) and return its device.
 pub fn device(ordinal: usize) -> Result<Device> {
     let mut r = registry().lock().expect("cuda registry lock");
-    if !r.contains_key(&ordinal) {
+    if let std::collections::hash_map::Entry::Vacant(e) = r.entry(ordinal) {
         let gpu = CudaGpu::open(ordinal)?;
-        r.insert(ordinal, Box::leak(Box::new(GpuBackend { gpu })));
+        e.insert(Box::leak(Box::new(GpuBackend { gpu })));
     }
     Ok(Device::Cuda(ordinal))
 }
