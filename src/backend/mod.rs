@@ -4,13 +4,23 @@
 //! in `Tensor`, before a backend is called; backends may assume consistent geometry.
 
 pub mod cpu;
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+pub mod cuda;
 
 use crate::error::{Error, Result};
 
-/// Where a tensor lives. The CUDA and emulator devices join with the CUDA issue.
+/// Where a tensor lives. `Cuda` and `CudaEmu` exist only in builds with the features of the
+/// same names (see `backend::cuda`); [`Device::parse`] names the missing feature otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
     Cpu,
+    /// A CUDA GPU by ordinal. Create it with [`Device::parse`] (or `cuda::driver::device`), which
+    /// probes the driver first.
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
+    /// The CUDA kernels on the CPU emulator (one fiber per CUDA thread): slow, for testing.
+    #[cfg(feature = "cuda-emu")]
+    CudaEmu,
 }
 
 impl Device {
@@ -20,6 +30,73 @@ impl Device {
                 cpu::tune_allocator_once();
                 &cpu::CpuBackend
             }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => cuda::driver::backend(*ordinal),
+            #[cfg(feature = "cuda-emu")]
+            Device::CudaEmu => {
+                static EMU: cuda::GpuBackend<cuda::emu::EmuGpu> = cuda::GpuBackend { gpu: cuda::emu::EmuGpu };
+                &EMU
+            }
+        }
+    }
+
+    /// The device a user named: `cpu`, `cuda`, `cuda:N`, `cuda-emu`, or `auto` (the first GPU
+    /// when one is usable, else the CPU, saying so on stderr). A GPU that is asked for and not
+    /// usable is an error with one line saying why (no driver, no device, built without CUDA).
+    pub fn parse(name: &str) -> Result<Device> {
+        let name = name.trim();
+        match name {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::auto()),
+            "cuda-emu" => {
+                #[cfg(feature = "cuda-emu")]
+                return Ok(Device::CudaEmu);
+                #[cfg(not(feature = "cuda-emu"))]
+                Err(Error::Device {
+                    op: "device",
+                    detail:
+                        "cuda-emu: this binary was built without the kernel emulator (rebuild with --features cuda-emu)"
+                            .into(),
+                })
+            }
+            _ if name == "cuda" || name.starts_with("cuda:") => {
+                let ordinal = match name.strip_prefix("cuda:") {
+                    None => 0,
+                    Some(n) => n.parse::<usize>().map_err(|_| {
+                        Error::invalid("device", format!("{name}: expected cuda:N with N a GPU ordinal (0, 1, ...)"))
+                    })?,
+                };
+                Device::cuda(ordinal)
+            }
+            _ => Err(Error::invalid(
+                "device",
+                format!("unknown device {name:?}: use cpu, cuda, cuda:N, cuda-emu or auto"),
+            )),
+        }
+    }
+
+    /// GPU `ordinal`, after probing the driver and loading the kernels.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        #[cfg(feature = "cuda")]
+        return cuda::driver::device(ordinal);
+        #[cfg(not(feature = "cuda"))]
+        Err(Error::Device {
+            op: "device",
+            detail: format!(
+                "cuda:{ordinal}: this binary was built without CUDA support (rebuild with --features cuda); \
+                 use --device cpu"
+            ),
+        })
+    }
+
+    /// The first usable GPU, else the CPU (printing one line on stderr saying why).
+    pub fn auto() -> Device {
+        match Device::cuda(0) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("kdscout: no usable GPU ({e}); running on the CPU");
+                Device::Cpu
+            }
         }
     }
 }
@@ -28,6 +105,10 @@ impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => write!(f, "cuda:{o}"),
+            #[cfg(feature = "cuda-emu")]
+            Device::CudaEmu => write!(f, "cuda-emu"),
         }
     }
 }
@@ -36,17 +117,30 @@ impl std::fmt::Display for Device {
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::driver::CudaBuf),
+    /// Emulator memory: host memory, but only kernels touch it (no silent CPU access).
+    #[cfg(feature = "cuda-emu")]
+    Emu(Vec<f32>),
 }
 
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => Device::Cuda(b.ordinal()),
+            #[cfg(feature = "cuda-emu")]
+            Storage::Emu(_) => Device::CudaEmu,
         }
     }
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(v) => v.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => b.len(),
+            #[cfg(feature = "cuda-emu")]
+            Storage::Emu(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -56,13 +150,22 @@ impl Storage {
     pub fn as_cpu(&self) -> Result<&[f32]> {
         match self {
             Storage::Cpu(v) => Ok(v),
+            #[allow(unreachable_patterns)]
+            other => Err(not_cpu(other.device())),
         }
     }
     pub fn as_cpu_mut(&mut self) -> Result<&mut [f32]> {
         match self {
             Storage::Cpu(v) => Ok(v),
+            #[allow(unreachable_patterns)]
+            other => Err(not_cpu(other.device())),
         }
     }
+}
+
+#[allow(dead_code)]
+fn not_cpu(d: Device) -> Error {
+    Error::Device { op: "cpu", detail: format!("a tensor on {d} used as CPU memory; copy it to the host first") }
 }
 
 /// Elementwise unary ops. Parameters ride inside the variant.

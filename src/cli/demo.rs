@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// Run directory for the resolved config and metrics.
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
+    /// cpu, cuda, cuda:N, cuda-emu (the kernels on the CPU emulator; slow) or auto (a GPU when
+    /// one is usable, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Everything that determines the run, written before it starts.
@@ -58,6 +62,7 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
+    let device = Device::parse(&args.device)?;
     let (train, test, data_name) = match &args.data_dir {
         Some(dir) => {
             (Dataset::load_dir(dir, Split::Train)?, Dataset::load_dir(dir, Split::Test)?, dir.display().to_string())
@@ -69,7 +74,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         ),
     };
     let cfg = FitConfig { epochs: args.epochs, batch_size: args.batch, lr: args.lr, ..FitConfig::default() };
-    let device = Device::Cpu;
     let mut rng = Rng::seed(args.seed);
     let mut model = small_cnn(args.width, train.num_classes, &mut rng, device)?;
 

@@ -117,6 +117,8 @@ impl Tensor {
         }
         let storage = match device {
             Device::Cpu => Storage::Cpu(data),
+            #[allow(unreachable_patterns)]
+            _ => device.backend().from_host(&data)?,
         };
         Ok(Tensor::from_storage(storage, shape))
     }

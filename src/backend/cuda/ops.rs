@@ -1,0 +1,573 @@
+//! The op set on any [`Gpu`]: size checks, parameter structs, launch shapes, and the calls to
+//! the typed launch wrappers. Geometry is already checked by `Tensor`; this layer only refuses
+//! what the kernels cannot represent (2^31 elements or more, rank above 8) and ops whose kernels
+//! do not exist yet, each with an error naming the op.
+
+use super::kernels as k;
+use super::params::*;
+use super::{Gpu, LaunchCfg};
+use crate::backend::{
+    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
+    SgdStep, Storage, UnaryOp,
+};
+use crate::error::{Error, Result};
+
+/// The kernels as a `Backend` on device `G`.
+pub struct GpuBackend<G: Gpu> {
+    pub gpu: G,
+}
+
+fn no_kernel<T>(op: &'static str) -> Result<T> {
+    Err(Error::Device { op, detail: format!("op {op} has no CUDA kernel yet") })
+}
+
+/// A count as the kernels' int, or an error naming the op.
+fn int(op: &'static str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::Device {
+        op,
+        detail: format!("{n} elements: the CUDA kernels index with 32-bit ints (at most 2^31 - 1); split the tensor"),
+    })
+}
+
+fn rank_dims(op: &'static str, dims: &[usize]) -> Result<[i32; MAX_RANK]> {
+    if dims.len() > MAX_RANK {
+        return Err(Error::Device {
+            op,
+            detail: format!("rank {} above the CUDA kernels' limit of {MAX_RANK}", dims.len()),
+        });
+    }
+    let mut out = [1i32; MAX_RANK];
+    for (o, &d) in out.iter_mut().zip(dims) {
+        *o = int(op, d)?;
+    }
+    Ok(out)
+}
+
+fn norm_params(op: &'static str, g: &NormGeom) -> Result<NormParams> {
+    int(op, g.n * g.c * g.hw)?;
+    Ok(NormParams { n: g.n as i32, c: g.c as i32, hw: g.hw as i32, eps: g.eps, momentum: g.momentum })
+}
+
+fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
+    match op {
+        UnaryOp::Relu => (0, 0.0, 0.0),
+        UnaryOp::Relu6 => (1, 0.0, 0.0),
+        UnaryOp::LeakyRelu(s) => (2, s, 0.0),
+        UnaryOp::Gelu => (3, 0.0, 0.0),
+        UnaryOp::Sigmoid => (4, 0.0, 0.0),
+        UnaryOp::Tanh => (5, 0.0, 0.0),
+        UnaryOp::Mish => (6, 0.0, 0.0),
+        UnaryOp::Exp => (7, 0.0, 0.0),
+        UnaryOp::Log => (8, 0.0, 0.0),
+        UnaryOp::Sqrt => (9, 0.0, 0.0),
+        UnaryOp::Pow(p) => (10, p, 0.0),
+        UnaryOp::Abs => (11, 0.0, 0.0),
+        UnaryOp::Affine { mul, add } => (12, mul, add),
+        UnaryOp::ClampMin(lo) => (13, lo, 0.0),
+    }
+}
+
+fn unary_params(op: UnaryOp, n: usize) -> Result<UnaryParams> {
+    let (code, a, b) = unary_code(op);
+    Ok(UnaryParams { n: int("unary", n)?, op: code, a, b })
+}
+
+fn axis(op: &'static str, g: DimGeom, flag: i32, eps: f32) -> Result<AxisParams> {
+    int(op, g.outer * g.len * g.inner)?;
+    Ok(AxisParams { outer: int(op, g.outer)?, len: int(op, g.len)?, inner: int(op, g.inner)?, flag, eps })
+}
+
+/// Row-major strides with 0 on broadcast dims (size 1 against a larger output).
+fn broadcast_strides(dims: &[usize], out: &[usize]) -> [i32; MAX_RANK] {
+    let mut strides = [0i32; MAX_RANK];
+    let mut s = 1usize;
+    for i in (0..dims.len()).rev() {
+        strides[i] = if dims[i] == 1 && out[i] != 1 { 0 } else { s as i32 };
+        s *= dims[i];
+    }
+    strides
+}
+
+/// Kernels over the middle axis come as a pair: one block per contiguous line (`rows`, inner
+/// == 1) or one thread per line (`cols`).
+type AxisKernel1<G> = fn(&G, LaunchCfg, &Storage, &mut Storage, &AxisParams) -> Result<()>;
+type AxisKernel2<G> = fn(&G, LaunchCfg, &Storage, &Storage, &mut Storage, &AxisParams) -> Result<()>;
+
+impl<G: Gpu> GpuBackend<G> {
+    fn axis_cfg(g: DimGeom) -> LaunchCfg {
+        if g.inner == 1 {
+            LaunchCfg::blocks(g.outer, 256)
+        } else {
+            LaunchCfg::linear(g.outer * g.inner)
+        }
+    }
+
+    fn axis1(
+        &self,
+        op: &'static str,
+        x: &Storage,
+        g: DimGeom,
+        out_len: usize,
+        p: AxisParams,
+        kernels: (AxisKernel1<G>, AxisKernel1<G>),
+    ) -> Result<Storage> {
+        let mut y = self.gpu.alloc(out_len)?;
+        if g.outer * g.inner == 0 || out_len == 0 {
+            return Ok(y);
+        }
+        let _ = op;
+        let f = if g.inner == 1 { kernels.0 } else { kernels.1 };
+        f(&self.gpu, Self::axis_cfg(g), x, &mut y, &p)?;
+        Ok(y)
+    }
+
+    fn axis2(
+        &self,
+        a: &Storage,
+        b: &Storage,
+        g: DimGeom,
+        p: AxisParams,
+        kernels: (AxisKernel2<G>, AxisKernel2<G>),
+    ) -> Result<Storage> {
+        let n = g.outer * g.len * g.inner;
+        let mut y = self.gpu.alloc(n)?;
+        if n == 0 {
+            return Ok(y);
+        }
+        let f = if g.inner == 1 { kernels.0 } else { kernels.1 };
+        f(&self.gpu, Self::axis_cfg(g), a, b, &mut y, &p)?;
+        Ok(y)
+    }
+
+    /// A copy of x on the same device.
+    fn copy(&self, x: &Storage) -> Result<Storage> {
+        let n = x.len();
+        let mut y = self.gpu.alloc(n)?;
+        if n > 0 {
+            let n = int("copy", n)?;
+            let p = SliceParams { outer: 1, inner: n, len: 1, src_len: 1, src_start: 0, dst_len: 1, dst_start: 0 };
+            k::copy_slices(&self.gpu, LaunchCfg::linear(x.len()), x, &mut y, &p)?;
+        }
+        Ok(y)
+    }
+
+    fn labels(&self, op: &'static str, labels: &[u32], rows: usize, classes: usize) -> Result<Storage> {
+        if labels.len() != rows {
+            return Err(Error::invalid(op, format!("{} labels for {rows} rows", labels.len())));
+        }
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+            return Err(Error::invalid(op, format!("label {l} of row {i} is not below the {classes} classes")));
+        }
+        if classes >= 1 << 24 {
+            return Err(Error::Device {
+                op,
+                detail: format!("{classes} classes: labels travel as f32 (exact below 2^24)"),
+            });
+        }
+        self.gpu.upload(&labels.iter().map(|&l| l as f32).collect::<Vec<_>>())
+    }
+
+    fn loss_params(op: &'static str, rows: usize, classes: usize, n: usize) -> Result<LossParams> {
+        Ok(LossParams {
+            rows: int(op, rows)?,
+            classes: int(op, classes)?,
+            n: int(op, n)?,
+            inv_rows: 1.0 / rows.max(1) as f32,
+        })
+    }
+}
+
+impl<G: Gpu> Backend for GpuBackend<G> {
+    fn name(&self) -> &'static str {
+        self.gpu.name()
+    }
+    fn device(&self) -> Device {
+        self.gpu.device()
+    }
+
+    fn from_host(&self, data: &[f32]) -> Result<Storage> {
+        self.gpu.upload(data)
+    }
+    fn to_host(&self, x: &Storage) -> Result<Vec<f32>> {
+        self.gpu.download(x)
+    }
+    fn full(&self, len: usize, value: f32) -> Result<Storage> {
+        let mut y = self.gpu.alloc(len)?;
+        if len > 0 {
+            k::fill(&self.gpu, LaunchCfg::linear(len), &mut y, &ScalarParams { n: int("full", len)?, value })?;
+        }
+        Ok(y)
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Storage) -> Result<Storage> {
+        let n = x.len();
+        let mut y = self.gpu.alloc(n)?;
+        if n > 0 {
+            k::unary_fwd(&self.gpu, LaunchCfg::linear(n), x, &mut y, &unary_params(op, n)?)?;
+        }
+        Ok(y)
+    }
+    fn unary_backward(&self, op: UnaryOp, x: &Storage, y: &Storage, dy: &Storage) -> Result<Storage> {
+        let n = x.len();
+        let mut dx = self.gpu.alloc(n)?;
+        if n > 0 {
+            k::unary_bwd(&self.gpu, LaunchCfg::linear(n), x, y, dy, &mut dx, &unary_params(op, n)?)?;
+        }
+        Ok(dx)
+    }
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &Storage,
+        a_dims: &[usize],
+        b: &Storage,
+        b_dims: &[usize],
+        out_dims: &[usize],
+    ) -> Result<Storage> {
+        let n: usize = out_dims.iter().product();
+        let mut y = self.gpu.alloc(n)?;
+        if n == 0 {
+            return Ok(y);
+        }
+        let code = match op {
+            BinaryOp::Add => 0,
+            BinaryOp::Sub => 1,
+            BinaryOp::Mul => 2,
+            BinaryOp::Div => 3,
+        };
+        let p = BinaryParams {
+            n: int("binary", n)?,
+            op: code,
+            rank: out_dims.len() as i32,
+            out_dims: rank_dims("binary", out_dims)?,
+            a_strides: broadcast_strides(a_dims, out_dims),
+            b_strides: broadcast_strides(b_dims, out_dims),
+        };
+        k::binary_bcast(&self.gpu, LaunchCfg::linear(n), a, b, &mut y, &p)?;
+        Ok(y)
+    }
+    fn sum_to(&self, x: &Storage, x_dims: &[usize], to_dims: &[usize]) -> Result<Storage> {
+        let n_out: usize = to_dims.iter().product();
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out == 0 {
+            return Ok(y);
+        }
+        let red: Vec<usize> = x_dims.iter().zip(to_dims).map(|(&x, &t)| if t == 1 && x != 1 { x } else { 1 }).collect();
+        let mut x_strides = [0i32; MAX_RANK];
+        let mut s = 1usize;
+        for d in (0..x_dims.len()).rev() {
+            x_strides[d.min(MAX_RANK - 1)] = s as i32;
+            s *= x_dims[d];
+        }
+        int("sum_to", s)?;
+        let p = SumToParams {
+            n_out: int("sum_to", n_out)?,
+            n_red: int("sum_to", red.iter().product())?,
+            rank: x_dims.len() as i32,
+            out_dims: rank_dims("sum_to", to_dims)?,
+            red_dims: rank_dims("sum_to", &red)?,
+            x_strides,
+        };
+        k::sum_to(&self.gpu, LaunchCfg::linear(n_out), x, &mut y, &p)?;
+        Ok(y)
+    }
+
+    fn permute(&self, x: &Storage, dims: &[usize], perm: &[usize]) -> Result<Storage> {
+        let n = x.len();
+        let mut y = self.gpu.alloc(n)?;
+        if n == 0 {
+            return Ok(y);
+        }
+        let r = dims.len();
+        let mut in_strides = vec![1usize; r];
+        for i in (0..r.saturating_sub(1)).rev() {
+            in_strides[i] = in_strides[i + 1] * dims[i + 1];
+        }
+        let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+        let src: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+        let p = PermuteParams {
+            n: int("permute", n)?,
+            rank: r as i32,
+            out_dims: rank_dims("permute", &out_dims)?,
+            src_strides: rank_dims("permute", &src)?,
+        };
+        k::permute(&self.gpu, LaunchCfg::linear(n), x, &mut y, &p)?;
+        Ok(y)
+    }
+    fn concat(&self, parts: &[&Storage], outer: usize, lens: &[usize], inner: usize) -> Result<Storage> {
+        let total: usize = lens.iter().sum();
+        let mut y = self.gpu.alloc(outer * total * inner)?;
+        let mut start = 0;
+        for (part, &len) in parts.iter().zip(lens) {
+            if outer * len * inner > 0 {
+                let p = SliceParams {
+                    outer: int("concat", outer)?,
+                    inner: int("concat", inner)?,
+                    len: int("concat", len)?,
+                    src_len: int("concat", len)?,
+                    src_start: 0,
+                    dst_len: int("concat", total)?,
+                    dst_start: int("concat", start)?,
+                };
+                int("concat", outer * total * inner)?;
+                k::copy_slices(&self.gpu, LaunchCfg::linear(outer * len * inner), part, &mut y, &p)?;
+            }
+            start += len;
+        }
+        Ok(y)
+    }
+    fn narrow(&self, x: &Storage, g: DimGeom, start: usize, len: usize) -> Result<Storage> {
+        let n = g.outer * len * g.inner;
+        let mut y = self.gpu.alloc(n)?;
+        if n == 0 {
+            return Ok(y);
+        }
+        int("narrow", x.len())?;
+        let p = SliceParams {
+            outer: int("narrow", g.outer)?,
+            inner: int("narrow", g.inner)?,
+            len: int("narrow", len)?,
+            src_len: int("narrow", g.len)?,
+            src_start: int("narrow", start)?,
+            dst_len: int("narrow", len)?,
+            dst_start: 0,
+        };
+        k::copy_slices(&self.gpu, LaunchCfg::linear(n), x, &mut y, &p)?;
+        Ok(y)
+    }
+
+    fn matmul(&self, a: &Storage, b: &Storage, g: &MatmulGeom) -> Result<Storage> {
+        let n_out = g.batch * g.m * g.n;
+        let mut c = self.gpu.alloc(n_out)?;
+        if n_out == 0 {
+            return Ok(c);
+        }
+        int("matmul", n_out)?;
+        int("matmul", a.len())?;
+        int("matmul", b.len())?;
+        let (gx, gy) = (g.n.div_ceil(64), g.m.div_ceil(64));
+        if g.batch > 65535 || gy > 65535 {
+            return Err(Error::Device {
+                op: "matmul",
+                detail: format!("batch {} or {} row tiles above the grid limit of 65535", g.batch, gy),
+            });
+        }
+        let p = GemmParams {
+            m: g.m as i32,
+            n: g.n as i32,
+            k: int("matmul", g.k)?,
+            trans_a: g.trans_a as i32,
+            trans_b: g.trans_b as i32,
+            stride_a: if g.a_broadcast { 0 } else { (g.m * g.k) as i64 },
+            stride_b: if g.b_broadcast { 0 } else { (g.k * g.n) as i64 },
+        };
+        let cfg = LaunchCfg { grid: [gx as u32, gy as u32, g.batch as u32], block: [16, 16, 1], smem: 0 };
+        k::gemm(&self.gpu, cfg, a, b, &mut c, &p)?;
+        Ok(c)
+    }
+    fn conv2d(&self, _x: &Storage, _w: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
+        no_kernel("conv2d")
+    }
+    fn conv2d_backward_data(&self, _dy: &Storage, _w: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
+        no_kernel("conv2d_backward_data")
+    }
+    fn conv2d_backward_weight(&self, _x: &Storage, _dy: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
+        no_kernel("conv2d_backward_weight")
+    }
+
+    fn pool2d(&self, _kind: PoolKind, _x: &Storage, _g: &Pool2dGeom) -> Result<Storage> {
+        no_kernel("pool2d")
+    }
+    fn pool2d_backward(&self, _kind: PoolKind, _x: &Storage, _dy: &Storage, _g: &Pool2dGeom) -> Result<Storage> {
+        no_kernel("pool2d_backward")
+    }
+    fn adaptive_avg_pool2d(&self, _x: &Storage, _g: &ResizeGeom) -> Result<Storage> {
+        no_kernel("adaptive_avg_pool2d")
+    }
+    fn adaptive_avg_pool2d_backward(&self, _dy: &Storage, _g: &ResizeGeom) -> Result<Storage> {
+        no_kernel("adaptive_avg_pool2d_backward")
+    }
+    fn interpolate(&self, _mode: InterpMode, _x: &Storage, _g: &ResizeGeom) -> Result<Storage> {
+        no_kernel("interpolate")
+    }
+    fn interpolate_backward(&self, _mode: InterpMode, _dy: &Storage, _g: &ResizeGeom) -> Result<Storage> {
+        no_kernel("interpolate_backward")
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)> {
+        if g.n * g.hw == 0 || g.c == 0 {
+            return Ok((self.copy(x)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
+        }
+        let p = norm_params("batch_norm_train", g)?;
+        let gpu = &self.gpu;
+        let (mut mean, mut invstd, mut y) = (gpu.alloc(g.c)?, gpu.alloc(g.c)?, gpu.alloc(x.len())?);
+        let mut shift = gpu.alloc(2 * g.c)?;
+        let cfg = LaunchCfg::blocks(g.c, 256);
+        k::bn_stats(gpu, cfg, x, &mut mean, &mut invstd, running_mean, running_var, &mut shift, &p)?;
+        k::bn_apply(gpu, LaunchCfg::linear(x.len()), x, &shift, &invstd, gamma, beta, &mut y, &p)?;
+        Ok((y, mean, invstd))
+    }
+    fn batch_norm_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)> {
+        if g.n * g.hw == 0 || g.c == 0 {
+            return Ok((self.full(x.len(), 0.0)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
+        }
+        let p = norm_params("batch_norm_backward", g)?;
+        let gpu = &self.gpu;
+        let _ = mean; // recomputed with a shift in bn_bwd_stats, for precision far from zero
+        let (mut sums, mut dgamma, mut dbeta, mut dx) =
+            (gpu.alloc(4 * g.c)?, gpu.alloc(g.c)?, gpu.alloc(g.c)?, gpu.alloc(x.len())?);
+        k::bn_bwd_stats(gpu, LaunchCfg::blocks(g.c, 256), x, dy, invstd, &mut sums, &mut dgamma, &mut dbeta, &p)?;
+        k::bn_bwd_apply(gpu, LaunchCfg::linear(x.len()), x, dy, invstd, gamma, &sums, &mut dx, &p)?;
+        Ok((dx, dgamma, dbeta))
+    }
+    fn layer_norm(
+        &self,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)> {
+        if g.n == 0 || g.c == 0 {
+            return Ok((self.copy(x)?, self.full(g.n, 0.0)?, self.full(g.n, 0.0)?));
+        }
+        let p = norm_params("layer_norm", g)?;
+        let gpu = &self.gpu;
+        let (mut y, mut mean, mut invstd) = (gpu.alloc(x.len())?, gpu.alloc(g.n)?, gpu.alloc(g.n)?);
+        k::ln_fwd(gpu, LaunchCfg::blocks(g.n, 256), x, gamma, beta, &mut y, &mut mean, &mut invstd, &p)?;
+        Ok((y, mean, invstd))
+    }
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)> {
+        if g.n == 0 || g.c == 0 {
+            return Ok((self.full(x.len(), 0.0)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
+        }
+        let p = norm_params("layer_norm_backward", g)?;
+        let gpu = &self.gpu;
+        let _ = mean; // recomputed with a shift in ln_bwd_dx, for precision far from zero
+        let (mut dx, mut dgamma, mut dbeta) = (gpu.alloc(x.len())?, gpu.alloc(g.c)?, gpu.alloc(g.c)?);
+        let mut rowstats = gpu.alloc(2 * g.n)?;
+        k::ln_bwd_dx(gpu, LaunchCfg::blocks(g.n, 256), x, dy, gamma, invstd, &mut dx, &mut rowstats, &p)?;
+        k::ln_bwd_params(gpu, LaunchCfg::linear(g.c), x, dy, &rowstats, invstd, &mut dgamma, &mut dbeta, &p)?;
+        Ok((dx, dgamma, dbeta))
+    }
+
+    fn softmax(&self, x: &Storage, g: DimGeom, log: bool) -> Result<Storage> {
+        let p = axis("softmax", g, log as i32, 0.0)?;
+        self.axis1("softmax", x, g, x.len(), p, (k::softmax_rows, k::softmax_cols))
+    }
+    fn softmax_backward(&self, y: &Storage, dy: &Storage, g: DimGeom, log: bool) -> Result<Storage> {
+        let p = axis("softmax_backward", g, log as i32, 0.0)?;
+        self.axis2(y, dy, g, p, (k::softmax_bwd_rows, k::softmax_bwd_cols))
+    }
+    fn cross_entropy(&self, logits: &Storage, labels: &[u32], rows: usize, classes: usize) -> Result<Storage> {
+        let lab = self.labels("cross_entropy", labels, rows, classes)?;
+        let mut loss = self.gpu.alloc(1)?;
+        let p = Self::loss_params("cross_entropy", rows, classes, rows * classes)?;
+        k::ce_fwd(&self.gpu, LaunchCfg::blocks(1, 256), logits, &lab, &mut loss, &p)?;
+        Ok(loss)
+    }
+    fn cross_entropy_backward(
+        &self,
+        logits: &Storage,
+        labels: &[u32],
+        dloss: &Storage,
+        rows: usize,
+        classes: usize,
+    ) -> Result<Storage> {
+        let lab = self.labels("cross_entropy_backward", labels, rows, classes)?;
+        let mut d = self.gpu.alloc(rows * classes)?;
+        if rows == 0 {
+            return Ok(d);
+        }
+        let p = Self::loss_params("cross_entropy_backward", rows, classes, rows * classes)?;
+        k::ce_bwd(&self.gpu, LaunchCfg::blocks(rows, 256), logits, &lab, dloss, &mut d, &p)?;
+        Ok(d)
+    }
+    fn kl_div(&self, log_q: &Storage, p: &Storage, rows: usize) -> Result<Storage> {
+        let mut loss = self.gpu.alloc(1)?;
+        let prm = Self::loss_params("kl_div", rows, 0, log_q.len())?;
+        k::kl_fwd(&self.gpu, LaunchCfg::blocks(1, 1024), log_q, p, &mut loss, &prm)?;
+        Ok(loss)
+    }
+    fn kl_div_backward(
+        &self,
+        log_q: &Storage,
+        p: &Storage,
+        dloss: &Storage,
+        rows: usize,
+    ) -> Result<(Storage, Storage)> {
+        let n = log_q.len();
+        let (mut dq, mut dp) = (self.gpu.alloc(n)?, self.gpu.alloc(n)?);
+        if n > 0 {
+            let prm = Self::loss_params("kl_div_backward", rows, 0, n)?;
+            k::kl_bwd(&self.gpu, LaunchCfg::linear(n), log_q, p, dloss, &mut dq, &mut dp, &prm)?;
+        }
+        Ok((dq, dp))
+    }
+    fn reduce_sum(&self, x: &Storage, g: DimGeom) -> Result<Storage> {
+        let p = axis("reduce_sum", g, 0, 0.0)?;
+        self.axis1("reduce_sum", x, g, g.outer * g.inner, p, (k::reduce_sum_rows, k::reduce_sum_cols))
+    }
+    fn reduce_max(&self, x: &Storage, g: DimGeom) -> Result<Storage> {
+        let p = axis("reduce_max", g, 0, 0.0)?;
+        self.axis1("reduce_max", x, g, g.outer * g.inner, p, (k::reduce_max_rows, k::reduce_max_cols))
+    }
+    fn reduce_max_backward(&self, x: &Storage, dy: &Storage, g: DimGeom) -> Result<Storage> {
+        let p = axis("reduce_max_backward", g, 0, 0.0)?;
+        self.axis2(x, dy, g, p, (k::reduce_max_bwd_rows, k::reduce_max_bwd_cols))
+    }
+    fn normalize(&self, x: &Storage, g: DimGeom, eps: f32) -> Result<Storage> {
+        let p = axis("normalize", g, 0, eps)?;
+        self.axis1("normalize", x, g, x.len(), p, (k::normalize_rows, k::normalize_cols))
+    }
+    fn normalize_backward(&self, x: &Storage, dy: &Storage, g: DimGeom, eps: f32) -> Result<Storage> {
+        let p = axis("normalize_backward", g, 0, eps)?;
+        self.axis2(x, dy, g, p, (k::normalize_bwd_rows, k::normalize_bwd_cols))
+    }
+
+    fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()> {
+        let n = param.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let p = SgdParams {
+            n: int("sgd_step", n)?,
+            lr: step.lr,
+            momentum: step.momentum,
+            weight_decay: step.weight_decay,
+            nesterov: step.nesterov as i32,
+            first_step: step.first_step as i32,
+        };
+        k::sgd_step(&self.gpu, LaunchCfg::linear(n), param, grad, momentum_buf, &p)
+    }
+    fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
+        let n = acc.len();
+        if n == 0 {
+            return Ok(());
+        }
+        k::add_assign(&self.gpu, LaunchCfg::linear(n), acc, x, &ScalarParams { n: int("add_assign", n)?, value: 1.0 })
+    }
+}
