@@ -134,3 +134,25 @@ fn features_follow_mdistiller_and_costs_match_the_definition() {
         assert!(msg.contains(bad), "{msg}");
     }
 }
+
+/// For every network, the map before global pooling is identifiable: its global average is the
+/// pooled embedding the classifier reads.
+#[test]
+fn pooled_embedding_is_the_average_of_the_pooled_map() {
+    use kdscout::models::{build, ZOO};
+    let mut rng = Rng::seed(8);
+    let x = Tensor::randn([2, 3, 32, 32], 0.0, 1.0, &mut rng, Device::Cpu).unwrap();
+    let nb201 = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|";
+    for name in ZOO.iter().copied().chain(["resnet_d317", nb201]) {
+        let net = build(name, 10, &mut rng, Device::Cpu).unwrap();
+        let f = net.forward_features(&x).unwrap();
+        let map = f.pooled_map();
+        assert_eq!(map.rank(), 4, "{name}");
+        let avg = map.adaptive_avg_pool2d(1, 1).unwrap().flatten_from(1).unwrap().to_vec().unwrap();
+        let pooled = f.pooled.to_vec().unwrap();
+        assert_eq!(avg.len(), pooled.len(), "{name}");
+        for (a, p) in avg.iter().zip(&pooled) {
+            assert!((a - p).abs() <= 1e-4 * (1.0 + p.abs()), "{name}: {a} vs {p}");
+        }
+    }
+}

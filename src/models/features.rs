@@ -16,6 +16,10 @@ pub struct Features {
     /// Index into `stages` of the map right before global pooling ([B, C, H, W]; for a ViT the
     /// patch tokens of the last block laid out as [B, D, H/p, W/p]).
     pub final_map: usize,
+    /// The map global pooling actually reads, when it is not `stages[final_map]`: WRN pools
+    /// relu(bn1(f3)), MobileNetV2 and ShuffleV2 a 1x1 head conv after the last stage. `None`
+    /// when the last stage map is pooled directly. Class-activation maps read this.
+    pub head_map: Option<Tensor>,
     /// `feats["pooled_feat"]`: the embedding the classifier reads, [B, D].
     pub pooled: Tensor,
     /// [B, classes].
@@ -26,6 +30,11 @@ impl Features {
     /// The map before global pooling (what SP, ICKD-on-maps and CAM-based terms read).
     pub fn final_map(&self) -> &Tensor {
         &self.stages[self.final_map]
+    }
+
+    /// The map whose global average is `pooled` (CAM-style terms need fc(mean(map)) = logits).
+    pub fn pooled_map(&self) -> &Tensor {
+        self.head_map.as_ref().unwrap_or(self.final_map())
     }
 }
 

@@ -136,9 +136,10 @@ impl Network for MobileNetV2 {
             }
         }
         // nn.AvgPool2d(input_size // 16, ceil_mode=True) over the 2x2 map: the global average.
-        let pooled = self.conv2.forward(&y)?.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
+        let head = self.conv2.forward(&y)?;
+        let pooled = head.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.classifier.forward(&pooled)?;
-        Ok(Features { preact_stages: stages.clone(), stages, final_map: 4, pooled, logits })
+        Ok(Features { preact_stages: stages.clone(), stages, final_map: 4, head_map: Some(head), pooled, logits })
     }
     fn classifier(&self) -> &Linear {
         &self.classifier

@@ -567,7 +567,7 @@ impl Network for Nb201Network {
         stages.push(out);
         let pooled = stages[3].adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.classifier.forward(&pooled)?;
-        Ok(Features { stages, preact_stages, final_map: 3, pooled, logits })
+        Ok(Features { stages, preact_stages, final_map: 3, head_map: None, pooled, logits })
     }
     fn classifier(&self) -> &Linear {
         &self.classifier

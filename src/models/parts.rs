@@ -76,7 +76,7 @@ impl<B: PreactBlock> Network for StagedNet<B> {
         let final_map = stages.len() - 1;
         let pooled = stages[final_map].adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.linear.forward(&pooled)?;
-        Ok(Features { stages, preact_stages, final_map, pooled, logits })
+        Ok(Features { stages, preact_stages, final_map, head_map: None, pooled, logits })
     }
     fn classifier(&self) -> &Linear {
         &self.linear

@@ -170,6 +170,7 @@ impl Network for CifarResNet {
             stages: vec![f0.clone(), f1, f2, f3],
             preact_stages: vec![f0, p1, p2, p3],
             final_map: 3,
+            head_map: None,
             pooled,
             logits,
         })

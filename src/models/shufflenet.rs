@@ -338,7 +338,7 @@ impl Network for ShuffleNetV2 {
         // F.avg_pool2d(out, 4) over the 4x4 map: the global average.
         let pooled = head.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.linear.forward(&pooled)?;
-        Ok(Features { stages, preact_stages, final_map: 3, pooled, logits })
+        Ok(Features { stages, preact_stages, final_map: 3, head_map: Some(head), pooled, logits })
     }
     fn classifier(&self) -> &Linear {
         &self.linear

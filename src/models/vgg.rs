@@ -87,7 +87,7 @@ impl Network for Vgg {
         }
         let pooled = y.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.classifier.forward(&pooled)?;
-        Ok(Features { stages, preact_stages, final_map: 4, pooled, logits })
+        Ok(Features { stages, preact_stages, final_map: 4, head_map: None, pooled, logits })
     }
     fn classifier(&self) -> &Linear {
         &self.classifier

@@ -335,7 +335,7 @@ impl VisionTransformer {
         let pooled = self.norm.forward(&h)?.narrow(1, 0, 1)?.reshape([b, d])?;
         let logits = self.head.forward(&pooled)?;
         let final_map = stages.len() - 1;
-        Ok((Features { preact_stages: stages.clone(), stages, final_map, pooled, logits }, attns))
+        Ok((Features { preact_stages: stages.clone(), stages, final_map, head_map: None, pooled, logits }, attns))
     }
 }
 

@@ -167,12 +167,14 @@ impl Network for WideResNet {
         let (f3, f2_pre) = self.block3.forward_bn(&f2)?;
         let f3_pre = self.bn1.forward(&f3)?;
         // F.avg_pool2d(out, 8): the global average at 32x32.
-        let pooled = f3_pre.relu()?.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
+        let head = f3_pre.relu()?;
+        let pooled = head.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.fc.forward(&pooled)?;
         Ok(Features {
             stages: vec![f0.clone(), f1, f2, f3],
             preact_stages: vec![f0, f1_pre, f2_pre, f3_pre],
             final_map: 3,
+            head_map: Some(head),
             pooled,
             logits,
         })

@@ -9,8 +9,8 @@
 //! semantic term then compares the K×K class Grams of the two gradients instead (METHODS §1.2,
 //! reading P1), and the result says so in its `semantic_kernel` term (0 = channel, 1 = class).
 //!
-//! `diswot_cam` is the paper's formulation: class-activation maps G⁽ⁿ⁾ = Σ_c w_{n,c} A^c of the final
-//! map with the classifier *weights*, stacked as K rows, 𝒢 = GGᵀ/‖GGᵀ‖_F, M_s = ‖𝒢_T − 𝒢_S‖_F; the
+//! `diswot_cam` is the paper's formulation: class-activation maps G⁽ⁿ⁾ = Σ_c w_{n,c} A^c of the map
+//! the classifier pools (`Features::pooled_map`) with the classifier *weights*, stacked as K rows, 𝒢 = GGᵀ/‖GGᵀ‖_F, M_s = ‖𝒢_T − 𝒢_S‖_F; the
 //! relation term M_r = ‖𝒜_T − 𝒜_S‖_F with 𝒜 = ÃÃᵀ/‖ÃÃᵀ‖_F; score −(M_s + M_r). A student map of
 //! another spatial size is resized (bilinear) to the teacher's first.
 
@@ -175,7 +175,7 @@ impl Proxy for DisWotCam {
         let student = build()?;
         let _g = crate::autograd::no_grad();
         let f = student.forward_features(&ctx.images)?;
-        let (tmap, mut smap) = (teacher.features.final_map(), f.final_map().clone());
+        let (tmap, mut smap) = (teacher.features.pooled_map(), f.pooled_map().clone());
         if smap.dims()[2..] != tmap.dims()[2..] {
             smap = smap.interpolate(InterpMode::Bilinear, tmap.dims()[2], tmap.dims()[3])?;
         }

@@ -86,6 +86,7 @@ impl TeacherView {
             stages: detach_all(&f.stages),
             preact_stages: detach_all(&f.preact_stages),
             final_map: f.final_map,
+            head_map: f.head_map.as_ref().map(|t| t.detach()),
             pooled: f.pooled.detach(),
             logits: f.logits.detach(),
         };
