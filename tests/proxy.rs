@@ -41,7 +41,14 @@ impl Network for LinearNet {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
         let pooled = x.flatten_from(1)?;
         let logits = self.fc.forward(&pooled)?;
-        Ok(Features { stages: vec![x.clone()], preact_stages: vec![x.clone()], final_map: 0, head_map: None, pooled, logits })
+        Ok(Features {
+            stages: vec![x.clone()],
+            preact_stages: vec![x.clone()],
+            final_map: 0,
+            head_map: None,
+            pooled,
+            logits,
+        })
     }
     fn classifier(&self) -> &Linear {
         &self.fc
@@ -386,7 +393,14 @@ impl Network for ConvBnNet {
         let map = pre.relu()?;
         let pooled = map.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.fc.forward(&pooled)?;
-        Ok(Features { stages: vec![map.clone()], preact_stages: vec![pre], final_map: 0, head_map: None, pooled, logits })
+        Ok(Features {
+            stages: vec![map.clone()],
+            preact_stages: vec![pre],
+            final_map: 0,
+            head_map: None,
+            pooled,
+            logits,
+        })
     }
     fn classifier(&self) -> &Linear {
         &self.fc
