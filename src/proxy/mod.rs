@@ -10,6 +10,7 @@
 
 pub mod diswot;
 pub mod linalg;
+pub mod synflow;
 pub mod zero_cost;
 
 use crate::models::{self, Features, Network};
@@ -152,6 +153,7 @@ pub trait Proxy: Send + Sync {
 pub fn registry() -> Vec<Box<dyn Proxy>> {
     let mut v: Vec<Box<dyn Proxy>> = vec![Box::new(diswot::DisWot), Box::new(diswot::DisWotCam)];
     v.extend(zero_cost::all());
+    v.push(Box::new(synflow::SynFlow));
     v
 }
 
