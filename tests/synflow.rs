@@ -137,6 +137,19 @@ fn replay_of_every_op_matches_the_engine() {
 }
 
 #[test]
+fn replay_routes_ties_to_the_first_maximum_as_the_engine_does() {
+    // SynFlow's all-ones input makes exact ties common (constant interior maps), so max pooling
+    // and max must pick the first maximum, as PyTorch and the engine do.
+    let x = Tensor::from_vec(vec![1.0, 1.0, 0.0, 3.0, 1.0, 0.0, 3.0, 3.0], [1, 1, 2, 4], DEV).unwrap().requires_grad_();
+    let pooled = x.max_pool2d(2, 2, 0).unwrap().sum_all().unwrap();
+    let maxed = x.reshape([2, 4]).unwrap().max_dim(1, false).unwrap().sum_all().unwrap().scale(10.0).unwrap();
+    let root = pooled.add(&maxed).unwrap();
+    let want = [1.0, 0.0, 0.0, 11.0, 0.0, 0.0, 10.0, 0.0];
+    assert_eq!(f64s(root.backward().unwrap().of(&x).unwrap()), want);
+    assert_eq!(replay_f64(&root, std::slice::from_ref(&x)).unwrap().grads[0], want);
+}
+
+#[test]
 fn replay_rejects_roots_it_cannot_differentiate() {
     let w = Tensor::ones([2, 2], DEV).unwrap().requires_grad_();
     let y = w.scale(2.0).unwrap();
