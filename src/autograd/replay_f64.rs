@@ -12,6 +12,8 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
+use rayon::prelude::*;
+
 use super::{topological_order, Op};
 use crate::backend::{
     BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, UnaryOp,
@@ -282,36 +284,107 @@ fn matmul_visit(g: &MatmulGeom, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
-/// Calls f(y, x, w) with the flat indices of every product y[n,oc,oh,ow] += x[n,ic,ih,iw]·w[oc,icl,ki,kj]
-/// of a grouped, strided, zero-padded convolution (PyTorch's cross-correlation).
-fn conv_visit(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    for b in 0..g.n {
-        for oc in 0..g.c_out {
-            let grp = oc / cout_g;
-            for icl in 0..cin_g {
-                let ic = grp * cin_g + icl;
-                for ki in 0..g.kh {
-                    for kj in 0..g.kw {
-                        let wi = ((oc * cin_g + icl) * g.kh + ki) * g.kw + kj;
-                        for oh in 0..g.h_out {
-                            let Some(ih) = (oh * g.stride.0 + ki).checked_sub(g.pad.0).filter(|&v| v < g.h) else {
-                                continue;
-                            };
-                            let xrow = ((b * g.c_in + ic) * g.h + ih) * g.w;
-                            let yrow = ((b * g.c_out + oc) * g.h_out + oh) * g.w_out;
-                            for ow in 0..g.w_out {
-                                let Some(iw) = (ow * g.stride.1 + kj).checked_sub(g.pad.1).filter(|&v| v < g.w) else {
-                                    continue;
-                                };
-                                f(yrow + ow, xrow + iw, wi);
-                            }
-                        }
-                    }
-                }
+/// The outputs o (along one axis) whose tap k reads inside the input: 0 ≤ o·stride + k − pad < input.
+fn valid_outputs(out: usize, input: usize, k: usize, stride: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k).div_ceil(stride);
+    let hi = if input + pad > k { ((input + pad - k - 1) / stride + 1).min(out) } else { 0 };
+    (lo, hi.max(lo))
+}
+
+/// The terms of a grouped, strided, zero-padded convolution (PyTorch's cross-correlation) that
+/// join output channel `oc` of image `b` to its input channel `icl` (within the group), one
+/// output row at a time: f(y0, x0, wi, len) stands for y[y0 + t] += w[wi]·x[x0 + t·stride_w],
+/// t < len (flat indices into y, x and w).
+fn conv_rows(g: &Conv2dGeom, b: usize, oc: usize, icl: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let cin_g = g.c_in / g.groups;
+    let ic = oc / (g.c_out / g.groups) * cin_g + icl;
+    for ki in 0..g.kh {
+        let (h0, h1) = valid_outputs(g.h_out, g.h, ki, g.stride.0, g.pad.0);
+        for kj in 0..g.kw {
+            let (w0, w1) = valid_outputs(g.w_out, g.w, kj, g.stride.1, g.pad.1);
+            let wi = ((oc * cin_g + icl) * g.kh + ki) * g.kw + kj;
+            for oh in h0..h1 {
+                let (ih, iw) = (oh * g.stride.0 + ki - g.pad.0, w0 * g.stride.1 + kj - g.pad.1);
+                let y0 = ((b * g.c_out + oc) * g.h_out + oh) * g.w_out + w0;
+                f(y0, ((b * g.c_in + ic) * g.h + ih) * g.w + iw, wi, w1 - w0);
             }
         }
     }
+}
+
+/// y = conv(x, w), one task per output plane (b, oc).
+fn conv_forward(x: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let plane = g.h_out * g.w_out;
+    let mut y = vec![0.0; g.n * g.c_out * plane];
+    y.par_chunks_mut(plane).enumerate().for_each(|(p, yp)| {
+        let base = p * plane;
+        for icl in 0..g.c_in / g.groups {
+            conv_rows(g, p / g.c_out, p % g.c_out, icl, |y0, x0, wi, len| {
+                let yr = &mut yp[y0 - base..y0 - base + len];
+                if g.stride.1 == 1 {
+                    yr.iter_mut().zip(&x[x0..x0 + len]).for_each(|(o, &xv)| *o += w[wi] * xv);
+                } else {
+                    yr.iter_mut().zip(x[x0..].iter().step_by(g.stride.1)).for_each(|(o, &xv)| *o += w[wi] * xv);
+                }
+            });
+        }
+    });
+    y
+}
+
+/// ∂/∂x of Σ dy·conv(x, w), one task per input plane (b, ic) over the output channels of its group.
+fn conv_backward_data(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let plane = g.h * g.w;
+    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
+    let mut dx = vec![0.0; g.n * g.c_in * plane];
+    dx.par_chunks_mut(plane).enumerate().for_each(|(p, dxp)| {
+        let (b, ic, base) = (p / g.c_in, p % g.c_in, p * plane);
+        for oc in ic / cin_g * cout_g..(ic / cin_g + 1) * cout_g {
+            conv_rows(g, b, oc, ic % cin_g, |y0, x0, wi, len| {
+                let (dyr, xr) = (&dy[y0..y0 + len], &mut dxp[x0 - base..]);
+                if g.stride.1 == 1 {
+                    xr[..len].iter_mut().zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
+                } else {
+                    xr.iter_mut().step_by(g.stride.1).zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
+                }
+            });
+        }
+    });
+    dx
+}
+
+/// Σ a·b over two equal-length slices, in four interleaved partial sums (so it pipelines).
+fn dot4(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// ∂/∂w of Σ dy·conv(x, w), one task per output channel (its filter).
+fn conv_backward_weight(x: &[f64], dy: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let filter = g.c_in / g.groups * g.kh * g.kw;
+    let mut dw = vec![0.0; g.c_out * filter];
+    dw.par_chunks_mut(filter).enumerate().for_each(|(oc, dwf)| {
+        for b in 0..g.n {
+            for icl in 0..g.c_in / g.groups {
+                conv_rows(g, b, oc, icl, |y0, x0, wi, len| {
+                    let dyr = &dy[y0..y0 + len];
+                    dwf[wi - oc * filter] += if g.stride.1 == 1 {
+                        dot4(dyr, &x[x0..x0 + len])
+                    } else {
+                        dyr.iter().zip(x[x0..].iter().step_by(g.stride.1)).map(|(d, xv)| d * xv).sum::<f64>()
+                    };
+                });
+            }
+        }
+    });
+    dw
 }
 
 // ---------------------------------------------------------------------------- pooling, resampling
@@ -545,8 +618,7 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
             matmul_visit(g, |c, ai, bi| out[c] += va[ai] * vb[bi]);
         }
         Op::Conv2d { x, w, g } => {
-            let (vx, vw) = (v(x), v(w));
-            conv_visit(g, |yi, xi, wi| out[yi] += vx[xi] * vw[wi]);
+            out = conv_forward(v(x), v(w), g);
         }
         Op::Pool2d { kind, x, g } => {
             let vx = v(x);
@@ -687,17 +759,8 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
             vec![ga.then_some(da), gb.then_some(db)]
         }
         Op::Conv2d { x, w, g } => {
-            let (vx, vw) = (v(x), v(w));
-            let dx = wanted(x).then(|| {
-                let mut dx = zeros(x);
-                conv_visit(g, |yi, xi, wi| dx[xi] += dy[yi] * vw[wi]);
-                dx
-            });
-            let dw = wanted(w).then(|| {
-                let mut dw = zeros(w);
-                conv_visit(g, |yi, xi, wi| dw[wi] += dy[yi] * vx[xi]);
-                dw
-            });
+            let dx = wanted(x).then(|| conv_backward_data(dy, v(w), g));
+            let dw = wanted(w).then(|| conv_backward_weight(v(x), dy, g));
             vec![dx, dw]
         }
         Op::Pool2d { kind, x, g } => {
