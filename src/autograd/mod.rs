@@ -4,6 +4,8 @@
 //! one short rule per primitive, all in the table in `backward_rule`. First order only: the
 //! rules run with recording off (DistPro's second-order term is a finite difference by design).
 
+pub mod replay_f64;
+
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -135,6 +137,31 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The primitive's name, for error messages (the tensor method that records it).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Unary { .. } => "unary",
+            Op::Binary { .. } => "binary",
+            Op::Reshape { .. } => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::Concat { .. } => "concat",
+            Op::Narrow { .. } => "narrow",
+            Op::Matmul { .. } => "matmul",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Pool2d { .. } => "pool2d",
+            Op::AdaptiveAvgPool2d { .. } => "adaptive_avg_pool2d",
+            Op::Interpolate { .. } => "interpolate",
+            Op::BatchNormTrain { .. } => "batch_norm_train",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Softmax { .. } => "softmax",
+            Op::CrossEntropy { .. } => "cross_entropy",
+            Op::KlDiv { .. } => "kl_div",
+            Op::Sum { .. } => "sum",
+            Op::Max { .. } => "max",
+            Op::Normalize { .. } => "normalize",
+        }
+    }
+
     pub(crate) fn inputs(&self) -> Vec<&Tensor> {
         match self {
             Op::Unary { x, .. }

@@ -13,6 +13,7 @@ pub mod kd_based;
 pub mod linalg;
 pub mod rank;
 pub mod run;
+pub mod synflow;
 pub mod zero_cost;
 
 use crate::models::{self, Features, Network};
@@ -157,6 +158,7 @@ pub fn registry() -> Vec<Box<dyn Proxy>> {
     let mut v: Vec<Box<dyn Proxy>> = vec![Box::new(diswot::DisWot), Box::new(diswot::DisWotCam)];
     v.extend(kd_based::all());
     v.extend(zero_cost::all());
+    v.push(Box::new(synflow::SynFlow));
     v
 }
 

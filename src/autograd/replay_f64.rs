@@ -1,0 +1,877 @@
+//! An f64 replay of a recorded tape: the graph a tracked f32 forward left behind (each `Op` with
+//! its geometry) is evaluated again in f64 from its leaves, and differentiated in f64 from its
+//! scalar root. Only the structure of the f32 run is used, never its intermediate values, so the
+//! f32 forward may overflow (SynFlow's all-ones input through a CIFAR ResNet-110 with absolute
+//! weights gives R ~ 1e139, far beyond f32's 3.4e38) while the replay stays exact to f64 rounding.
+//!
+//! Leaves are read from their tensors when the replay runs (f32 widened to f64, which is exact):
+//! parameters, buffers, inputs, and any untracked tensor an op consumed. Every rule here is a
+//! naive loop written from the PyTorch definition of the op, independently of the f32 kernels,
+//! so a replay of a network in the f32 range also cross-checks the engine end to end.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+
+use super::{topological_order, Op};
+use crate::backend::{
+    BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, UnaryOp,
+};
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, TensorId};
+
+/// The root's value and the gradients of the requested leaves, in f64.
+#[derive(Clone, Debug)]
+pub struct F64Replay {
+    pub root: f64,
+    /// One per requested leaf, row-major in the leaf's shape; zeros for a leaf that does not
+    /// reach the root (zero-cost-nas's convention for a weight without a gradient).
+    pub grads: Vec<Vec<f64>>,
+}
+
+/// Replays the graph that produced the scalar `root` in f64: its value, and ∂root/∂leaf for
+/// each of `leaves` (tensors that require a gradient). Errors name the op a rule cannot replay.
+pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
+    if root.numel() != 1 {
+        return Err(Error::shape("replay_f64", format!("the root must have one element, got shape {}", root.shape())));
+    }
+    if !root.requires_grad() {
+        return Err(Error::invalid(
+            "replay_f64",
+            "the root was not recorded: run the forward with gradients on and a parameter that requires grad",
+        ));
+    }
+    let order = topological_order(root);
+    let mut vals: HashMap<TensorId, Vec<f64>> = HashMap::new();
+    for node in &order {
+        let v = match node.op() {
+            None => widen(node)?,
+            Some(op) => {
+                for input in op.inputs() {
+                    if let Entry::Vacant(e) = vals.entry(input.id()) {
+                        e.insert(widen(input)?);
+                    }
+                }
+                let v = forward(op, node, &vals)?;
+                debug_assert_eq!(v.len(), node.numel(), "replay of {}", op.name());
+                v
+            }
+        };
+        vals.insert(node.id(), v);
+    }
+    let root_value = vals[&root.id()][0];
+
+    let keep: HashSet<TensorId> = leaves.iter().map(|t| t.id()).collect();
+    let mut grads: HashMap<TensorId, Vec<f64>> = HashMap::new();
+    grads.insert(root.id(), vec![1.0]);
+    for node in order.iter().rev() {
+        let Some(op) = node.op() else { continue };
+        let Some(dy) = grads.remove(&node.id()) else { continue };
+        let input_grads = backward(op, node, &dy, &vals)?;
+        if keep.contains(&node.id()) {
+            grads.insert(node.id(), dy);
+        }
+        for (input, g) in op.inputs().into_iter().zip(input_grads) {
+            let Some(g) = g else { continue };
+            if !input.requires_grad() {
+                continue;
+            }
+            match grads.entry(input.id()) {
+                Entry::Occupied(mut e) => e.get_mut().iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                Entry::Vacant(e) => {
+                    e.insert(g);
+                }
+            }
+        }
+    }
+    let grads = leaves.iter().map(|t| grads.get(&t.id()).cloned().unwrap_or_else(|| vec![0.0; t.numel()])).collect();
+    Ok(F64Replay { root: root_value, grads })
+}
+
+fn widen(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_vec()?.into_iter().map(f64::from).collect())
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::invalid("replay_f64", format!("no f64 rule for {what}: add one to autograd/replay_f64.rs"))
+}
+
+// ---------------------------------------------------------------------------- index helpers
+
+fn strides_of(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * dims[i + 1];
+    }
+    s
+}
+
+/// For every element (row-major) of an array of shape `dims`, the flat index
+/// `offset + Σ j_i·strides[i]` of its multi-index j: one gather map serves broadcasting,
+/// permutation, slicing and concatenation.
+fn index_map(dims: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
+    let total: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(total);
+    let mut j = vec![0usize; dims.len()];
+    let mut cur = offset;
+    for _ in 0..total {
+        out.push(cur);
+        for d in (0..dims.len()).rev() {
+            j[d] += 1;
+            cur += strides[d];
+            if j[d] < dims[d] {
+                break;
+            }
+            cur -= strides[d] * dims[d];
+            j[d] = 0;
+        }
+    }
+    out
+}
+
+/// Where each element of a broadcast result reads operand `t` (None when no broadcasting).
+fn broadcast_map(t: &Tensor, out: &[usize]) -> Option<Vec<usize>> {
+    if t.dims() == out {
+        return None;
+    }
+    let padded = t.shape().padded(out.len());
+    let mut s = strides_of(&padded);
+    for (i, st) in s.iter_mut().enumerate() {
+        if padded[i] == 1 && out[i] != 1 {
+            *st = 0;
+        }
+    }
+    Some(index_map(out, &s, 0))
+}
+
+fn at(map: &Option<Vec<usize>>, i: usize) -> usize {
+    map.as_ref().map_or(i, |m| m[i])
+}
+
+/// Flat index of element k of line (o, i) in an [outer, len, inner] view.
+fn line(g: DimGeom, o: usize, k: usize, i: usize) -> usize {
+    (o * g.len + k) * g.inner + i
+}
+
+/// Sum over the one dim where y (size 1) differs from x; None when it was already 1.
+fn sum_geom(x: &Tensor, y: &Tensor) -> Option<DimGeom> {
+    let d = x.dims().iter().zip(y.dims()).position(|(a, b)| a != b)?;
+    Some(DimGeom::new(x.dims(), d))
+}
+
+// ---------------------------------------------------------------------------- elementwise
+
+fn softplus(x: f64) -> f64 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn unary_value(op: UnaryOp, x: f64) -> Result<f64> {
+    Ok(match op {
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Relu6 => x.clamp(0.0, 6.0),
+        UnaryOp::LeakyRelu(s) => {
+            if x > 0.0 {
+                x
+            } else {
+                s as f64 * x
+            }
+        }
+        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Mish => x * softplus(x).tanh(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Pow(p) => x.powf(p as f64),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Affine { mul, add } => x * mul as f64 + add as f64,
+        UnaryOp::ClampMin(lo) => x.max(lo as f64),
+        #[allow(unreachable_patterns)]
+        other => return Err(unsupported(&format!("unary op {other:?}"))),
+    })
+}
+
+/// d op(x)/dx at x (y = op(x)).
+fn unary_slope(op: UnaryOp, x: f64, y: f64) -> Result<f64> {
+    Ok(match op {
+        UnaryOp::Relu => (x > 0.0) as u8 as f64,
+        UnaryOp::Relu6 => (x > 0.0 && x < 6.0) as u8 as f64,
+        UnaryOp::LeakyRelu(s) => {
+            if x > 0.0 {
+                1.0
+            } else {
+                s as f64
+            }
+        }
+        UnaryOp::Gelu => {
+            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            cdf + x * pdf
+        }
+        UnaryOp::Sigmoid => y * (1.0 - y),
+        UnaryOp::Tanh => 1.0 - y * y,
+        UnaryOp::Mish => {
+            let t = softplus(x).tanh();
+            t + x * (1.0 - t * t) * sigmoid(x)
+        }
+        UnaryOp::Exp => y,
+        UnaryOp::Log => 1.0 / x,
+        UnaryOp::Sqrt => 0.5 / y,
+        UnaryOp::Pow(p) => p as f64 * x.powf(p as f64 - 1.0),
+        UnaryOp::Abs => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }
+        UnaryOp::Affine { mul, .. } => mul as f64,
+        UnaryOp::ClampMin(lo) => (x > lo as f64) as u8 as f64,
+        #[allow(unreachable_patterns)]
+        other => return Err(unsupported(&format!("unary op {other:?}"))),
+    })
+}
+
+fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+    }
+}
+
+/// (∂/∂a, ∂/∂b) of a∘b.
+fn binary_slopes(op: BinaryOp, a: f64, b: f64) -> (f64, f64) {
+    match op {
+        BinaryOp::Add => (1.0, 1.0),
+        BinaryOp::Sub => (1.0, -1.0),
+        BinaryOp::Mul => (b, a),
+        BinaryOp::Div => (1.0 / b, -a / (b * b)),
+    }
+}
+
+// ---------------------------------------------------------------------------- matmul, conv
+
+/// Calls f(c, a, b) with the flat indices of C[b,i,j], op(A)[b,i,p] and op(B)[b,p,j] for every
+/// term of C = op(A)·op(B), reading each operand in its stored orientation and batch.
+fn matmul_visit(g: &MatmulGeom, mut f: impl FnMut(usize, usize, usize)) {
+    let (m, k, n) = (g.m, g.k, g.n);
+    for bt in 0..g.batch {
+        let a0 = if g.a_broadcast { 0 } else { bt * m * k };
+        let b0 = if g.b_broadcast { 0 } else { bt * k * n };
+        for i in 0..m {
+            for p in 0..k {
+                let ai = a0 + if g.trans_a { p * m + i } else { i * k + p };
+                for j in 0..n {
+                    let bi = b0 + if g.trans_b { j * k + p } else { p * n + j };
+                    f((bt * m + i) * n + j, ai, bi);
+                }
+            }
+        }
+    }
+}
+
+/// The outputs o (along one axis) whose tap k reads inside the input: 0 ≤ o·stride + k − pad < input.
+fn valid_outputs(out: usize, input: usize, k: usize, stride: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k).div_ceil(stride);
+    let hi = if input + pad > k { ((input + pad - k - 1) / stride + 1).min(out) } else { 0 };
+    (lo, hi.max(lo))
+}
+
+/// The terms of a grouped, strided, zero-padded convolution (PyTorch's cross-correlation) that
+/// join output channel `oc` of image `b` to its input channel `icl` (within the group), one
+/// output row at a time: f(y0, x0, wi, len) stands for y[y0 + t] += w[wi]·x[x0 + t·stride_w],
+/// t < len (flat indices into y, x and w).
+fn conv_rows(g: &Conv2dGeom, b: usize, oc: usize, icl: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let cin_g = g.c_in / g.groups;
+    let ic = oc / (g.c_out / g.groups) * cin_g + icl;
+    for ki in 0..g.kh {
+        let (h0, h1) = valid_outputs(g.h_out, g.h, ki, g.stride.0, g.pad.0);
+        for kj in 0..g.kw {
+            let (w0, w1) = valid_outputs(g.w_out, g.w, kj, g.stride.1, g.pad.1);
+            let wi = ((oc * cin_g + icl) * g.kh + ki) * g.kw + kj;
+            for oh in h0..h1 {
+                let (ih, iw) = (oh * g.stride.0 + ki - g.pad.0, w0 * g.stride.1 + kj - g.pad.1);
+                let y0 = ((b * g.c_out + oc) * g.h_out + oh) * g.w_out + w0;
+                f(y0, ((b * g.c_in + ic) * g.h + ih) * g.w + iw, wi, w1 - w0);
+            }
+        }
+    }
+}
+
+/// y = conv(x, w), one task per output plane (b, oc).
+fn conv_forward(x: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let plane = g.h_out * g.w_out;
+    let mut y = vec![0.0; g.n * g.c_out * plane];
+    y.par_chunks_mut(plane).enumerate().for_each(|(p, yp)| {
+        let base = p * plane;
+        for icl in 0..g.c_in / g.groups {
+            conv_rows(g, p / g.c_out, p % g.c_out, icl, |y0, x0, wi, len| {
+                let yr = &mut yp[y0 - base..y0 - base + len];
+                if g.stride.1 == 1 {
+                    yr.iter_mut().zip(&x[x0..x0 + len]).for_each(|(o, &xv)| *o += w[wi] * xv);
+                } else {
+                    yr.iter_mut().zip(x[x0..].iter().step_by(g.stride.1)).for_each(|(o, &xv)| *o += w[wi] * xv);
+                }
+            });
+        }
+    });
+    y
+}
+
+/// ∂/∂x of Σ dy·conv(x, w), one task per input plane (b, ic) over the output channels of its group.
+fn conv_backward_data(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let plane = g.h * g.w;
+    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
+    let mut dx = vec![0.0; g.n * g.c_in * plane];
+    dx.par_chunks_mut(plane).enumerate().for_each(|(p, dxp)| {
+        let (b, ic, base) = (p / g.c_in, p % g.c_in, p * plane);
+        for oc in ic / cin_g * cout_g..(ic / cin_g + 1) * cout_g {
+            conv_rows(g, b, oc, ic % cin_g, |y0, x0, wi, len| {
+                let (dyr, xr) = (&dy[y0..y0 + len], &mut dxp[x0 - base..]);
+                if g.stride.1 == 1 {
+                    xr[..len].iter_mut().zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
+                } else {
+                    xr.iter_mut().step_by(g.stride.1).zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
+                }
+            });
+        }
+    });
+    dx
+}
+
+/// Σ a·b over two equal-length slices, in four interleaved partial sums (so it pipelines).
+fn dot4(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// ∂/∂w of Σ dy·conv(x, w), one task per output channel (its filter).
+fn conv_backward_weight(x: &[f64], dy: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let filter = g.c_in / g.groups * g.kh * g.kw;
+    let mut dw = vec![0.0; g.c_out * filter];
+    dw.par_chunks_mut(filter).enumerate().for_each(|(oc, dwf)| {
+        for b in 0..g.n {
+            for icl in 0..g.c_in / g.groups {
+                conv_rows(g, b, oc, icl, |y0, x0, wi, len| {
+                    let dyr = &dy[y0..y0 + len];
+                    dwf[wi - oc * filter] += if g.stride.1 == 1 {
+                        dot4(dyr, &x[x0..x0 + len])
+                    } else {
+                        dyr.iter().zip(x[x0..].iter().step_by(g.stride.1)).map(|(d, xv)| d * xv).sum::<f64>()
+                    };
+                });
+            }
+        }
+    });
+    dw
+}
+
+// ---------------------------------------------------------------------------- pooling, resampling
+
+/// PyTorch's pooling window along one axis for output o: the input range [start, end) and the
+/// divisor count_include_pad uses (the window clipped to the padded input only).
+fn pool_window(o: usize, input: usize, kernel: usize, stride: usize, pad: usize) -> (usize, usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let end = (start + kernel as isize).min((input + pad) as isize);
+    let pool_size = (end - start).max(0) as usize;
+    let (s, e) = (start.max(0) as usize, end.clamp(0, input as isize) as usize);
+    (s, e.max(s), pool_size)
+}
+
+/// Calls f(out_index, window_inputs, divisor) for every pooling output; the window lists flat
+/// input indices in row-major order (max pooling takes the first maximum among them).
+fn pool_visit(kind: PoolKind, g: &Pool2dGeom, mut f: impl FnMut(usize, &[usize], f64)) {
+    let mut window = Vec::new();
+    for plane in 0..g.n * g.c {
+        for oh in 0..g.h_out {
+            let (h0, h1, ph) = pool_window(oh, g.h, g.kernel.0, g.stride.0, g.pad.0);
+            for ow in 0..g.w_out {
+                let (w0, w1, pw) = pool_window(ow, g.w, g.kernel.1, g.stride.1, g.pad.1);
+                window.clear();
+                for r in h0..h1 {
+                    window.extend((w0..w1).map(|c| (plane * g.h + r) * g.w + c));
+                }
+                let divisor = match kind {
+                    PoolKind::Avg { count_include_pad: true } => (ph * pw) as f64,
+                    _ => window.len() as f64,
+                };
+                f((plane * g.h_out + oh) * g.w_out + ow, &window, divisor);
+            }
+        }
+    }
+}
+
+/// First maximum (NaN wins, as in PyTorch); None for an empty window.
+fn argmax(x: &[f64], idx: impl Iterator<Item = usize>) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for i in idx {
+        match best {
+            Some(b) if !(x[i] > x[b] || (x[i].is_nan() && !x[b].is_nan())) => {}
+            _ => best = Some(i),
+        }
+    }
+    best
+}
+
+/// Taps of a resampling along one axis: (i0, i1, w0, w1) per output, PyTorch's double-precision
+/// formulas (nearest: floor(dst·in/out); bilinear, align_corners=False: src = (dst+½)·in/out − ½,
+/// clamped at 0).
+fn resample_taps(mode: InterpMode, input: usize, out: usize) -> Vec<(usize, usize, f64, f64)> {
+    let scale = input as f64 / out as f64;
+    (0..out)
+        .map(|d| match mode {
+            InterpMode::Nearest => {
+                let i = ((d as f64 * scale).floor() as usize).min(input - 1);
+                (i, i, 1.0, 0.0)
+            }
+            InterpMode::Bilinear => {
+                let src = (scale * (d as f64 + 0.5) - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(input - 1);
+                let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+                let l1 = src - i0 as f64;
+                (i0, i1, 1.0 - l1, l1)
+            }
+        })
+        .collect()
+}
+
+/// Calls f(out_index, in_index, weight) for every term of a resampling (adaptive average
+/// pooling: PyTorch's bins [floor(o·in/out), ceil((o+1)·in/out)) with weight 1/bin size).
+fn resize_visit(g: &ResizeGeom, interp: Option<InterpMode>, mut f: impl FnMut(usize, usize, f64)) {
+    let axis = |input: usize, out: usize| -> Vec<Vec<(usize, f64)>> {
+        match interp {
+            Some(mode) => {
+                resample_taps(mode, input, out).into_iter().map(|(i0, i1, w0, w1)| vec![(i0, w0), (i1, w1)]).collect()
+            }
+            None => (0..out)
+                .map(|o| {
+                    let (s, e) = (o * input / out, ((o + 1) * input).div_ceil(out));
+                    (s..e).map(|i| (i, 1.0 / (e - s) as f64)).collect()
+                })
+                .collect(),
+        }
+    };
+    let (hs, ws) = (axis(g.h, g.h_out), axis(g.w, g.w_out));
+    for plane in 0..g.n * g.c {
+        for (oh, th) in hs.iter().enumerate() {
+            for (ow, tw) in ws.iter().enumerate() {
+                let o = (plane * g.h_out + oh) * g.w_out + ow;
+                for &(ih, wh) in th {
+                    for &(iw, ww) in tw {
+                        f(o, (plane * g.h + ih) * g.w + iw, wh * ww);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- normalisation
+
+/// x̂ and 1/sqrt(biased var + eps) per group, where `groups` lists each group's flat indices.
+fn standardise(x: &[f64], groups: &[Vec<usize>], eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut xhat = vec![0.0; x.len()];
+    let mut invstd = Vec::with_capacity(groups.len());
+    for idx in groups {
+        let m = idx.len() as f64;
+        let mean = idx.iter().map(|&i| x[i]).sum::<f64>() / m;
+        let var = idx.iter().map(|&i| (x[i] - mean).powi(2)).sum::<f64>() / m;
+        let inv = 1.0 / (var + eps).sqrt();
+        for &i in idx {
+            xhat[i] = (x[i] - mean) * inv;
+        }
+        invstd.push(inv);
+    }
+    (xhat, invstd)
+}
+
+/// Batchnorm groups: channel c of [n, c, hw] over n·hw. Layernorm groups: each row of [n, c].
+fn norm_groups(g: &NormGeom, batch: bool) -> Vec<Vec<usize>> {
+    if batch {
+        (0..g.c).map(|c| (0..g.n).flat_map(|b| (b * g.c + c) * g.hw..(b * g.c + c + 1) * g.hw).collect()).collect()
+    } else {
+        (0..g.n).map(|r| (r * g.c..(r + 1) * g.c).collect()).collect()
+    }
+}
+
+/// Index of the affine parameter (γ, β) that element i uses.
+fn affine_index(g: &NormGeom, batch: bool, i: usize) -> usize {
+    if batch {
+        (i / g.hw) % g.c
+    } else {
+        i % g.c
+    }
+}
+
+fn norm_forward(x: &[f64], gamma: &[f64], beta: &[f64], g: &NormGeom, batch: bool) -> Vec<f64> {
+    let (xhat, _) = standardise(x, &norm_groups(g, batch), g.eps as f64);
+    xhat.iter()
+        .enumerate()
+        .map(|(i, v)| v * gamma[affine_index(g, batch, i)] + beta[affine_index(g, batch, i)])
+        .collect()
+}
+
+/// (dx, dγ, dβ): per group, dx = invstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = dy·γ.
+fn norm_backward(x: &[f64], dy: &[f64], gamma: &[f64], g: &NormGeom, batch: bool) -> [Vec<f64>; 3] {
+    let groups = norm_groups(g, batch);
+    let (xhat, invstd) = standardise(x, &groups, g.eps as f64);
+    let mut dx = vec![0.0; x.len()];
+    let mut dgamma = vec![0.0; gamma.len()];
+    let mut dbeta = vec![0.0; gamma.len()];
+    for (idx, inv) in groups.iter().zip(invstd) {
+        let m = idx.len() as f64;
+        let gh = |i: usize| dy[i] * gamma[affine_index(g, batch, i)];
+        let mean_g = idx.iter().map(|&i| gh(i)).sum::<f64>() / m;
+        let mean_gx = idx.iter().map(|&i| gh(i) * xhat[i]).sum::<f64>() / m;
+        for &i in idx {
+            dx[i] = inv * (gh(i) - mean_g - xhat[i] * mean_gx);
+            dgamma[affine_index(g, batch, i)] += dy[i] * xhat[i];
+            dbeta[affine_index(g, batch, i)] += dy[i];
+        }
+    }
+    [dx, dgamma, dbeta]
+}
+
+/// Softmax or log-softmax of every line of an [outer, len, inner] view.
+fn softmax_lines(x: &[f64], g: DimGeom, log: bool) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for o in 0..g.outer {
+        for i in 0..g.inner {
+            let idx = || (0..g.len).map(|k| line(g, o, k, i));
+            let m = idx().map(|j| x[j]).fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = idx().map(|j| (x[j] - m).exp()).sum();
+            for j in idx() {
+                y[j] = if log { x[j] - m - s.ln() } else { (x[j] - m).exp() / s };
+            }
+        }
+    }
+    y
+}
+
+// ---------------------------------------------------------------------------- the rules
+
+fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Vec<f64>> {
+    let v = |t: &Tensor| -> &[f64] { &vals[&t.id()] };
+    let mut out = vec![0.0; y.numel()];
+    match op {
+        Op::Unary { op, x } => {
+            for (o, &a) in out.iter_mut().zip(v(x)) {
+                *o = unary_value(*op, a)?;
+            }
+        }
+        Op::Binary { op, a, b } => {
+            let (ma, mb) = (broadcast_map(a, y.dims()), broadcast_map(b, y.dims()));
+            let (va, vb) = (v(a), v(b));
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = binary_value(*op, va[at(&ma, i)], vb[at(&mb, i)]);
+            }
+        }
+        Op::Reshape { x } => out.copy_from_slice(v(x)),
+        Op::Permute { x, perm } => {
+            let sx = strides_of(x.dims());
+            let s: Vec<usize> = perm.iter().map(|&p| sx[p]).collect();
+            let vx = v(x);
+            for (o, i) in out.iter_mut().zip(index_map(y.dims(), &s, 0)) {
+                *o = vx[i];
+            }
+        }
+        Op::Concat { parts, dim } => {
+            let sy = strides_of(y.dims());
+            let mut start = 0;
+            for p in parts {
+                for (&pv, j) in v(p).iter().zip(index_map(p.dims(), &sy, start * sy[*dim])) {
+                    out[j] = pv;
+                }
+                start += p.dims()[*dim];
+            }
+        }
+        Op::Narrow { x, dim, start } => {
+            let sx = strides_of(x.dims());
+            let vx = v(x);
+            for (o, i) in out.iter_mut().zip(index_map(y.dims(), &sx, start * sx[*dim])) {
+                *o = vx[i];
+            }
+        }
+        Op::Matmul { a, b, g } => {
+            let (va, vb) = (v(a), v(b));
+            matmul_visit(g, |c, ai, bi| out[c] += va[ai] * vb[bi]);
+        }
+        Op::Conv2d { x, w, g } => {
+            out = conv_forward(v(x), v(w), g);
+        }
+        Op::Pool2d { kind, x, g } => {
+            let vx = v(x);
+            pool_visit(*kind, g, |o, window, divisor| {
+                out[o] = match kind {
+                    PoolKind::Max => argmax(vx, window.iter().copied()).map_or(f64::NEG_INFINITY, |i| vx[i]),
+                    PoolKind::Avg { .. } if divisor == 0.0 => 0.0,
+                    PoolKind::Avg { .. } => window.iter().map(|&i| vx[i]).sum::<f64>() / divisor,
+                }
+            });
+        }
+        Op::AdaptiveAvgPool2d { x, g } => {
+            let vx = v(x);
+            resize_visit(g, None, |o, i, wt| out[o] += wt * vx[i]);
+        }
+        Op::Interpolate { mode, x, g } => {
+            let vx = v(x);
+            resize_visit(g, Some(*mode), |o, i, wt| out[o] += wt * vx[i]);
+        }
+        Op::BatchNormTrain { x, gamma, beta, g, .. } => out = norm_forward(v(x), v(gamma), v(beta), g, true),
+        Op::LayerNorm { x, gamma, beta, g, .. } => out = norm_forward(v(x), v(gamma), v(beta), g, false),
+        Op::Softmax { x, g, log } => out = softmax_lines(v(x), *g, *log),
+        Op::CrossEntropy { logits, labels } => {
+            let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
+            let lp = softmax_lines(v(logits), DimGeom { outer: rows, len: classes, inner: 1 }, true);
+            out[0] = -(0..rows).map(|r| lp[r * classes + labels[r] as usize]).sum::<f64>() / rows as f64;
+        }
+        Op::KlDiv { log_q, p } => {
+            let rows = log_q.dims()[0] as f64;
+            out[0] =
+                v(p).iter().zip(v(log_q)).map(|(&p, &lq)| if p > 0.0 { p * (p.ln() - lq) } else { 0.0 }).sum::<f64>()
+                    / rows;
+        }
+        Op::Sum { x } => match sum_geom(x, y) {
+            None => out.copy_from_slice(v(x)),
+            Some(g) => {
+                let vx = v(x);
+                for o in 0..g.outer {
+                    for i in 0..g.inner {
+                        out[o * g.inner + i] = (0..g.len).map(|k| vx[line(g, o, k, i)]).sum();
+                    }
+                }
+            }
+        },
+        Op::Max { x, dim } => {
+            let g = DimGeom::new(x.dims(), *dim);
+            let vx = v(x);
+            for o in 0..g.outer {
+                for i in 0..g.inner {
+                    let j = argmax(vx, (0..g.len).map(|k| line(g, o, k, i))).unwrap_or(0);
+                    out[o * g.inner + i] = vx[j];
+                }
+            }
+        }
+        Op::Normalize { x, dim, eps } => {
+            let g = DimGeom::new(x.dims(), *dim);
+            let vx = v(x);
+            for o in 0..g.outer {
+                for i in 0..g.inner {
+                    let n = (0..g.len).map(|k| vx[line(g, o, k, i)].powi(2)).sum::<f64>().sqrt();
+                    for k in 0..g.len {
+                        let j = line(g, o, k, i);
+                        out[j] = vx[j] / n.max(*eps as f64);
+                    }
+                }
+            }
+        }
+        #[allow(unreachable_patterns)]
+        other => return Err(unsupported(&format!("op {}", other.name()))),
+    }
+    Ok(out)
+}
+
+/// Gradients of each input of `op` (in `op.inputs()` order; None where none is needed) given
+/// the upstream gradient `dy` of its output `y`.
+fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>) -> Result<Vec<Option<Vec<f64>>>> {
+    let v = |t: &Tensor| -> &[f64] { &vals[&t.id()] };
+    let zeros = |t: &Tensor| vec![0.0; t.numel()];
+    let wanted = |t: &Tensor| t.requires_grad();
+    Ok(match op {
+        Op::Unary { op, x } => {
+            let (vx, vy) = (v(x), v(y));
+            let dx = (0..dy.len()).map(|i| Ok(dy[i] * unary_slope(*op, vx[i], vy[i])?)).collect::<Result<_>>()?;
+            vec![Some(dx)]
+        }
+        Op::Binary { op, a, b } => {
+            let (ma, mb) = (broadcast_map(a, y.dims()), broadcast_map(b, y.dims()));
+            let (va, vb) = (v(a), v(b));
+            let (mut da, mut db) = (zeros(a), zeros(b));
+            for (i, &d) in dy.iter().enumerate() {
+                let (ia, ib) = (at(&ma, i), at(&mb, i));
+                let (sa, sb) = binary_slopes(*op, va[ia], vb[ib]);
+                da[ia] += d * sa;
+                db[ib] += d * sb;
+            }
+            vec![Some(da), Some(db)]
+        }
+        Op::Reshape { .. } => vec![Some(dy.to_vec())],
+        Op::Permute { x, perm } => {
+            let sx = strides_of(x.dims());
+            let s: Vec<usize> = perm.iter().map(|&p| sx[p]).collect();
+            let mut dx = zeros(x);
+            for (&d, i) in dy.iter().zip(index_map(y.dims(), &s, 0)) {
+                dx[i] = d;
+            }
+            vec![Some(dx)]
+        }
+        Op::Concat { parts, dim } => {
+            let sy = strides_of(y.dims());
+            let mut start = 0;
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                out.push(Some(index_map(p.dims(), &sy, start * sy[*dim]).into_iter().map(|j| dy[j]).collect()));
+                start += p.dims()[*dim];
+            }
+            out
+        }
+        Op::Narrow { x, dim, start } => {
+            let sx = strides_of(x.dims());
+            let mut dx = zeros(x);
+            for (&d, i) in dy.iter().zip(index_map(y.dims(), &sx, start * sx[*dim])) {
+                dx[i] = d;
+            }
+            vec![Some(dx)]
+        }
+        Op::Matmul { a, b, g } => {
+            let (va, vb) = (v(a), v(b));
+            let (mut da, mut db) = (zeros(a), zeros(b));
+            let (ga, gb) = (wanted(a), wanted(b));
+            matmul_visit(g, |c, ai, bi| {
+                if ga {
+                    da[ai] += dy[c] * vb[bi];
+                }
+                if gb {
+                    db[bi] += va[ai] * dy[c];
+                }
+            });
+            vec![ga.then_some(da), gb.then_some(db)]
+        }
+        Op::Conv2d { x, w, g } => {
+            let dx = wanted(x).then(|| conv_backward_data(dy, v(w), g));
+            let dw = wanted(w).then(|| conv_backward_weight(v(x), dy, g));
+            vec![dx, dw]
+        }
+        Op::Pool2d { kind, x, g } => {
+            let vx = v(x);
+            let mut dx = zeros(x);
+            pool_visit(*kind, g, |o, window, divisor| match kind {
+                PoolKind::Max => {
+                    if let Some(i) = argmax(vx, window.iter().copied()) {
+                        dx[i] += dy[o];
+                    }
+                }
+                PoolKind::Avg { .. } => {
+                    if divisor > 0.0 {
+                        window.iter().for_each(|&i| dx[i] += dy[o] / divisor);
+                    }
+                }
+            });
+            vec![Some(dx)]
+        }
+        Op::AdaptiveAvgPool2d { x, g } => {
+            let mut dx = zeros(x);
+            resize_visit(g, None, |o, i, wt| dx[i] += wt * dy[o]);
+            vec![Some(dx)]
+        }
+        Op::Interpolate { mode, x, g } => {
+            let mut dx = zeros(x);
+            resize_visit(g, Some(*mode), |o, i, wt| dx[i] += wt * dy[o]);
+            vec![Some(dx)]
+        }
+        Op::BatchNormTrain { x, gamma, g, .. } => norm_backward(v(x), dy, v(gamma), g, true).map(Some).into(),
+        Op::LayerNorm { x, gamma, g, .. } => norm_backward(v(x), dy, v(gamma), g, false).map(Some).into(),
+        Op::Softmax { g, log, .. } => {
+            let vy = v(y);
+            let mut dx = vec![0.0; dy.len()];
+            for o in 0..g.outer {
+                for i in 0..g.inner {
+                    let idx = || (0..g.len).map(|k| line(*g, o, k, i));
+                    if *log {
+                        let s: f64 = idx().map(|j| dy[j]).sum();
+                        idx().for_each(|j| dx[j] = dy[j] - vy[j].exp() * s);
+                    } else {
+                        let s: f64 = idx().map(|j| dy[j] * vy[j]).sum();
+                        idx().for_each(|j| dx[j] = vy[j] * (dy[j] - s));
+                    }
+                }
+            }
+            vec![Some(dx)]
+        }
+        Op::CrossEntropy { logits, labels } => {
+            let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
+            let mut d = softmax_lines(v(logits), DimGeom { outer: rows, len: classes, inner: 1 }, false);
+            for r in 0..rows {
+                d[r * classes + labels[r] as usize] -= 1.0;
+            }
+            let s = dy[0] / rows as f64;
+            d.iter_mut().for_each(|x| *x *= s);
+            vec![Some(d)]
+        }
+        Op::KlDiv { log_q, p } => {
+            let s = dy[0] / log_q.dims()[0] as f64;
+            let (vq, vp) = (v(log_q), v(p));
+            let dq = vp.iter().map(|&p| -p * s).collect();
+            let dp = vp.iter().zip(vq).map(|(&p, &lq)| if p > 0.0 { (p.ln() + 1.0 - lq) * s } else { 0.0 }).collect();
+            vec![Some(dq), Some(dp)]
+        }
+        Op::Sum { x } => match sum_geom(x, y) {
+            None => vec![Some(dy.to_vec())],
+            Some(g) => {
+                let mut dx = zeros(x);
+                for o in 0..g.outer {
+                    for i in 0..g.inner {
+                        (0..g.len).for_each(|k| dx[line(g, o, k, i)] = dy[o * g.inner + i]);
+                    }
+                }
+                vec![Some(dx)]
+            }
+        },
+        Op::Max { x, dim } => {
+            let g = DimGeom::new(x.dims(), *dim);
+            let vx = v(x);
+            let mut dx = zeros(x);
+            for o in 0..g.outer {
+                for i in 0..g.inner {
+                    if let Some(j) = argmax(vx, (0..g.len).map(|k| line(g, o, k, i))) {
+                        dx[j] = dy[o * g.inner + i];
+                    }
+                }
+            }
+            vec![Some(dx)]
+        }
+        Op::Normalize { x, dim, eps } => {
+            // y = x / max(‖x‖, eps): where ‖x‖ > eps, dx = (dy − x·(x·dy)/‖x‖²)/‖x‖; else dy/eps.
+            let g = DimGeom::new(x.dims(), *dim);
+            let eps = *eps as f64;
+            let vx = v(x);
+            let mut dx = zeros(x);
+            for o in 0..g.outer {
+                for i in 0..g.inner {
+                    let idx = || (0..g.len).map(|k| line(g, o, k, i));
+                    let n = idx().map(|j| vx[j] * vx[j]).sum::<f64>().sqrt();
+                    if n > eps {
+                        let dot: f64 = idx().map(|j| vx[j] * dy[j]).sum();
+                        idx().for_each(|j| dx[j] = (dy[j] - vx[j] * dot / (n * n)) / n);
+                    } else {
+                        idx().for_each(|j| dx[j] = dy[j] / eps);
+                    }
+                }
+            }
+            vec![Some(dx)]
+        }
+        #[allow(unreachable_patterns)]
+        other => return Err(unsupported(&format!("op {}", other.name()))),
+    })
+}
