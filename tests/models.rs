@@ -151,6 +151,9 @@ fn pooled_embedding_is_the_average_of_the_pooled_map() {
         let avg = map.adaptive_avg_pool2d(1, 1).unwrap().flatten_from(1).unwrap().to_vec().unwrap();
         let pooled = f.pooled.to_vec().unwrap();
         assert_eq!(avg.len(), pooled.len(), "{name}");
+        // The classifier reads exactly `pooled` (DisWOT's closed-form gradient relies on it).
+        let relogits = net.classifier().forward(&f.pooled).unwrap().to_vec().unwrap();
+        assert_eq!(relogits, f.logits.to_vec().unwrap(), "{name}: logits = classifier(pooled)");
         for (a, p) in avg.iter().zip(&pooled) {
             assert!((a - p).abs() <= 1e-4 * (1.0 + p.abs()), "{name}: {a} vs {p}");
         }

@@ -275,6 +275,7 @@ fn diswot_equals_its_terms_recomputed_from_features() {
     let same = || teacher.build();
     let s = proxy::by_name("diswot").unwrap().score(&ctx, &same).unwrap();
     assert!(s.value.abs() < 1e-9, "identical student scores {}", s.value);
+    assert!(s.value > got.value, "the teacher itself must outscore an unrelated student");
 
     // Without a teacher the error says how to give one.
     let no_teacher = context(9, [8, 3, 32, 32], 10);
@@ -348,6 +349,9 @@ fn registry_names_are_unique_and_unknown_names_list_them() {
     sorted.dedup();
     assert_eq!(sorted.len(), names.len());
     for want in [
+        "synflow",
+        "kd",
+        "nst",
         "diswot",
         "diswot_cam",
         "grad_norm",
@@ -497,5 +501,49 @@ fn kd_based_proxies_are_minus_the_losses_and_zero_for_the_teacher_itself() {
         if name != "cc" {
             assert!(score(name, &ctx, &same).abs() < 1e-5, "{name} of the teacher itself");
         }
+    }
+}
+
+/// A proxy that returns whatever it is told: NaN must come out as status "nonfinite" with a null
+/// score, an error as status "error" with its message; the other proxies of the candidate still run.
+struct Fixed(f64, bool);
+impl proxy::Proxy for Fixed {
+    fn info(&self) -> proxy::ProxyInfo {
+        proxy::ProxyInfo {
+            name: if self.1 { "failing" } else { "fixed" },
+            higher_is_better: true,
+            needs_gradients: false,
+            needs_teacher: false,
+            reads: "nothing",
+        }
+    }
+    fn score(&self, _ctx: &ScoringContext, _build: NetFactory) -> Result<proxy::ProxyScore> {
+        if self.1 {
+            return Err(kdscout::Error::invalid("failing", "told to fail"));
+        }
+        Ok(proxy::ProxyScore::scalar(self.0))
+    }
+}
+
+#[test]
+fn nonfinite_scores_are_null_never_clamped() {
+    use kdscout::proxy::run::score_candidate;
+    let ctx = context(2, [2, 3, 32, 32], 10);
+    let cand = Candidate { name: "resnet8".into(), num_classes: 10, seed: 1, init: InitMode::Default, device: DEV };
+    let proxies: Vec<Box<dyn proxy::Proxy>> =
+        vec![Box::new(Fixed(f64::NAN, false)), Box::new(Fixed(0.0, true)), proxy::by_name("params").unwrap()];
+    let r = score_candidate(&ctx, &cand, &proxies);
+    assert_eq!(r.scores["fixed"].status, "nonfinite");
+    assert_eq!(r.scores["fixed"].score, None);
+    assert_eq!(r.scores["failing"].status, "error");
+    assert!(r.scores["failing"].error.as_deref().unwrap().contains("told to fail"));
+    assert_eq!(r.scores["params"].status, "ok");
+    assert_eq!(r.status, "error", "an error outranks a non-finite score in the record's status");
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["scores"]["fixed"]["score"].is_null());
+    for (v, want) in [(f64::INFINITY, "nonfinite"), (-3.5, "ok")] {
+        let r = score_candidate(&ctx, &cand, &[Box::new(Fixed(v, false)) as Box<dyn proxy::Proxy>]);
+        assert_eq!(r.scores["fixed"].status, want);
+        assert_eq!(r.status, want);
     }
 }

@@ -185,7 +185,14 @@ impl Network for TwoLayer {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
         let pooled = self.bn.forward(&self.fc1.forward(&x.flatten_from(1)?)?)?.relu()?;
         let logits = self.fc2.forward(&pooled)?;
-        Ok(Features { stages: vec![x.clone()], preact_stages: vec![x.clone()], final_map: 0, head_map: None, pooled, logits })
+        Ok(Features {
+            stages: vec![x.clone()],
+            preact_stages: vec![x.clone()],
+            final_map: 0,
+            head_map: None,
+            pooled,
+            logits,
+        })
     }
     fn classifier(&self) -> &Linear {
         &self.fc2

@@ -106,18 +106,20 @@ impl Proxy for DisWot {
         ProxyInfo {
             name: "diswot",
             higher_is_better: true,
-            needs_gradients: true,
+            needs_gradients: false,
             needs_teacher: true,
-            reads: "classifier-weight gradients (ICKD) + final feature maps (SP), one real batch",
+            reads: "classifier-weight gradients (ICKD, closed form) + final feature maps (SP), one real batch",
         }
     }
 
     fn score(&self, ctx: &ScoringContext, build: NetFactory) -> Result<ProxyScore> {
         let teacher = ctx.teacher("diswot")?;
         let student = build()?;
+        // The semantic input is the classifier's weight gradient, a closed form of the forward
+        // pass (`classifier_grad`): no backward through the network.
+        let _g = crate::autograd::no_grad();
         let f = student.forward_features(&ctx.images)?;
-        let grads = f.logits.cross_entropy(&ctx.labels)?.backward()?;
-        let gs = grads.of(&student.classifier().weight)?;
+        let gs = &super::classifier_grad(&f, &ctx.labels)?;
         let (ks, cs) = (gs.dims()[0], gs.dims()[1]);
         let (kt, ct) = (teacher.classifier_grad.dims()[0], teacher.classifier_grad.dims()[1]);
         if ks != kt {
