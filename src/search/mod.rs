@@ -3,6 +3,9 @@
 
 pub mod algo;
 pub mod budget;
+pub mod config;
+pub mod plots;
+pub mod run;
 pub mod space;
 pub mod space_vit;
 
