@@ -16,6 +16,7 @@ pub mod nn;
 pub mod optim;
 pub mod proxy;
 pub mod rng;
+pub mod search;
 pub mod tensor;
 pub mod train;
 pub mod weights;

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod import_weights;
 pub mod models;
 pub mod score;
+pub mod search;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,10 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// Rank agreement (Spearman, Kendall tau-b, Pearson, precision@k) of scores with ground truth.
     Correlate(correlate::CorrelateArgs),
+    /// Search a space for the student the proxy scores best against the teacher (resumable).
+    Search(Box<search::SearchArgs>),
+    /// Join the results of `search --shard i/n` runs.
+    Merge(search::MergeArgs),
 }
 
 pub fn run(cli: Cli) -> crate::Result<()> {
@@ -44,5 +49,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::ImportWeights(args) => import_weights::run(&args),
         Command::Score(args) => score::run(&args),
         Command::Correlate(args) => correlate::run(&args),
+        Command::Search(args) => search::run(&args),
+        Command::Merge(args) => search::merge(&args),
     }
 }

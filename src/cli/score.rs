@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 
-use crate::data::{DataLoader, DataSource, Split};
+use crate::data::DataSource;
 use crate::error::{Error, Result};
 use crate::proxy::run::{candidate_seed, score_candidate, CandidateRecord};
 use crate::proxy::{self, Candidate, InitMode, Proxy, ScoringContext, TeacherView};
-use crate::rng::Rng;
 use crate::{invalid_err, Device};
 
 #[derive(Args, Debug, Clone)]
@@ -112,21 +111,6 @@ fn read_candidates(path: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The scoring batch: the first batch of a seeded, augmented pass over the training split (one
-/// real batch with its labels, as DisWOT scores).
-fn scoring_batch(source: &DataSource, batch: usize, seed: u64) -> Result<(crate::Tensor, Vec<u32>)> {
-    let data = source.load(Split::Train)?;
-    if data.len() < batch {
-        invalid_err!("--batch", "{batch} is more than the {} training images of {source}", data.len());
-    }
-    let mut rng = Rng::seed(seed);
-    let b = DataLoader::train(&data, batch)?
-        .epoch(&mut rng)
-        .next()
-        .ok_or_else(|| Error::data(source.to_string(), "no batch"))??;
-    Ok(b.into_parts())
-}
-
 pub fn run(args: &ScoreArgs) -> Result<()> {
     if args.list {
         for p in proxy::registry() {
@@ -144,7 +128,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let source: DataSource = args.data.parse()?;
     let init: InitMode = args.init.parse()?;
     let classes = args.classes.unwrap_or(source.num_classes());
-    let (images, labels) = scoring_batch(&source, args.batch, args.seed)?;
+    let (images, labels, _) = proxy::scoring_batch(&source, args.batch, args.seed)?;
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
         invalid_err!("--classes", "label {bad} of {source} does not fit {classes} classes: raise --classes");
     }

@@ -69,6 +69,28 @@ pub fn resnet_depths(name: &str, num_classes: usize, rng: &mut Rng, dev: Device)
     CifarResNet::with_stage_depths([blocks[0], blocks[1], blocks[2]], [16, 16, 32, 64], num_classes, rng, dev)
 }
 
+/// Parses `resnet_w16-16-32-64_d3-3-3` into widths and depths (any positive values).
+pub fn parse_resnet_wd(name: &str) -> Result<([usize; 4], [usize; 3])> {
+    let form = "resnet_w{stem}-{w1}-{w2}-{w3}_d{n1}-{n2}-{n3} (e.g. resnet_w16-16-32-64_d3-3-3 = resnet20)";
+    let bad = |why: &str| crate::Error::invalid("model", format!("bad ResNet name '{name}': {why}; expected {form}"));
+    let rest = name.strip_prefix("resnet_w").ok_or_else(|| bad("it must start with 'resnet_w'"))?;
+    let (w, d) = rest.split_once("_d").ok_or_else(|| bad("missing '_d' before the depths"))?;
+    let nums = |text: &str, n: usize, what: &str| -> Result<Vec<usize>> {
+        let v: Vec<usize> = text
+            .split('-')
+            .map(|t| t.parse::<usize>().ok().filter(|&x| x > 0 && x <= 4096))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| bad(&format!("{what} must be whole numbers in 1..=4096")))?;
+        if v.len() != n {
+            return Err(bad(&format!("{} {what} given, need {n}", v.len())));
+        }
+        Ok(v)
+    };
+    let w = nums(w, 4, "widths")?;
+    let d = nums(d, 3, "depths")?;
+    Ok(([w[0], w[1], w[2], w[3]], [d[0], d[1], d[2]]))
+}
+
 /// Builds any network of the zoo by name, randomly initialised the way its original repository
 /// initialises it (the rng drives every draw).
 pub fn build(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Result<Box<dyn Network>> {
@@ -77,6 +99,10 @@ pub fn build(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Resu
     }
     if name.starts_with("resnet_d") {
         return Ok(Box::new(resnet_depths(name, num_classes, rng, dev)?));
+    }
+    if name.starts_with("resnet_w") {
+        let (filters, blocks) = parse_resnet_wd(name)?;
+        return Ok(Box::new(CifarResNet::with_stage_depths(blocks, filters, num_classes, rng, dev)?));
     }
     if name.starts_with("resnet") && ZOO.contains(&name) {
         return Ok(Box::new(cifar_resnet(name, num_classes, rng, dev)?));

@@ -140,6 +140,20 @@ impl ScoringContext {
     }
 }
 
+/// The scoring batch of a run: the first batch of a seeded pass over the training split with the
+/// standard CIFAR augmentation (one real batch with its labels, as DisWOT scores), and the
+/// source's class count. `kdscout score` and `kdscout search` both take it from here.
+pub fn scoring_batch(source: &crate::data::DataSource, batch: usize, seed: u64) -> Result<(Tensor, Vec<u32>, usize)> {
+    let data = source.load(crate::data::Split::Train)?;
+    if batch == 0 || data.len() < batch {
+        invalid_err!("--batch", "batch {batch} must be in 1..={} (the training images of {source})", data.len());
+    }
+    let mut rng = Rng::seed(seed);
+    let first = crate::data::DataLoader::train(&data, batch)?.epoch(&mut rng).next();
+    let (images, labels) = first.ok_or_else(|| crate::Error::data(source.to_string(), "no batch"))??.into_parts();
+    Ok((images, labels, data.num_classes))
+}
+
 /// A proxy's value and, for composite proxies, its named terms.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyScore {

@@ -1,0 +1,269 @@
+//! The search run's configuration: defaults, then `--config run.toml`, then command-line flags,
+//! then `--set key.path=value`, resolved into one [`SearchConfig`] that is written to
+//! `config.resolved.toml` and compared key by key when a run is resumed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::algo::{AlgoConfig, AlgoKind, Shard};
+use super::budget::Constraints;
+use crate::proxy::InitMode;
+use crate::{Error, Result};
+
+/// Everything that determines a search run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// The version that wrote the file (not compared on resume).
+    pub kdscout_version: String,
+    /// `nb201`, `resnet_d`, `resnet` or `vit`.
+    pub space: String,
+    /// Teacher model name, or "none" for proxies that need no teacher.
+    pub teacher: String,
+    /// The proxy whose score the search maximises (its sign is taken from the proxy registry).
+    pub proxy: String,
+    pub algo: AlgoKind,
+    pub seed: u64,
+    /// Distinct candidates to score (0 = the whole enumeration, exhaustive only).
+    pub evaluations: u64,
+    /// Scoring images: `builtin` (the CIFAR-10 images in the binary), `synthetic[:N]`,
+    /// `cifar10:DIR` or `cifar100:DIR` (training split).
+    pub data: String,
+    pub batch_size: usize,
+    pub init: InitMode,
+    pub constraints: Constraints,
+    pub search: AlgoConfig,
+    pub shard: Shard,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            kdscout_version: env!("CARGO_PKG_VERSION").into(),
+            space: "nb201".into(),
+            teacher: "resnet56".into(),
+            proxy: "diswot".into(),
+            algo: AlgoKind::Aging,
+            seed: 0,
+            evaluations: 1000,
+            data: "builtin".into(),
+            batch_size: 64,
+            init: InitMode::Default,
+            constraints: Constraints::default(),
+            search: AlgoConfig::default(),
+            shard: Shard::default(),
+        }
+    }
+}
+
+/// Keys that may differ between a run and its resumption (or between shards being merged).
+pub const NOT_COMPARED: &[&str] = &["kdscout_version"];
+
+impl SearchConfig {
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::invalid("config", format!("cannot write the config: {e}")))
+    }
+
+    pub fn teacher_name(&self) -> Option<&str> {
+        (!self.teacher.is_empty() && self.teacher != "none").then_some(self.teacher.as_str())
+    }
+}
+
+/// Builds a config in layers over a TOML tree.
+pub struct ConfigBuilder {
+    tree: toml::Table,
+    /// Every key the config has (dotted paths of the defaults' tree).
+    known: Vec<String>,
+}
+
+impl ConfigBuilder {
+    /// Starts from `base` (the defaults, or a stored run's config).
+    pub fn new(base: &SearchConfig) -> Result<ConfigBuilder> {
+        let tree = to_table(base)?;
+        let mut flat = BTreeMap::new();
+        flatten("", &toml::Value::Table(to_table(&SearchConfig::default())?), &mut flat);
+        Ok(ConfigBuilder { tree, known: flat.into_keys().collect() })
+    }
+
+    /// Starts from a stored `config.resolved.toml`.
+    pub fn from_file(path: &Path) -> Result<ConfigBuilder> {
+        let cfg = parse_file(path)?;
+        ConfigBuilder::new(&cfg)
+    }
+
+    /// Merges a `--config` file over the current values (unknown keys fail at [`Self::build`]).
+    pub fn merge_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io { context: format!("--config {}", path.display()), source: e })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::data(path.display().to_string(), e.to_string()))?;
+        for (k, v) in flat_table(&table) {
+            self.check_key(&k, &format!("{}", path.display()))?;
+            self.put(&k, v);
+        }
+        Ok(())
+    }
+
+    /// Sets one key from a command-line flag.
+    pub fn flag(&mut self, key: &str, value: toml::Value) {
+        self.put(key, value);
+    }
+
+    /// Applies `--set key.path=value` (the value is read as TOML, or as a string when it is not
+    /// valid TOML: `--set space=nb201`, `--set constraints.max_params=\"1M\"`).
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let Some((key, raw)) = assignment.split_once('=') else {
+            return Err(Error::invalid(
+                "--set",
+                format!("'{assignment}' is not key=value (e.g. --set search.population=50)"),
+            ));
+        };
+        let key = key.trim();
+        self.check_key(key, "--set")?;
+        let raw = raw.trim();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        self.put(key, value);
+        Ok(())
+    }
+
+    /// The resolved config; type errors name the key.
+    pub fn build(self) -> Result<SearchConfig> {
+        SearchConfig::deserialize(toml::Value::Table(self.tree))
+            .map_err(|e| Error::invalid("config", e.to_string().trim().to_string()))
+    }
+
+    fn check_key(&self, key: &str, source: &str) -> Result<()> {
+        if self.known.iter().any(|k| k == key) {
+            return Ok(());
+        }
+        let close: Vec<&String> = self
+            .known
+            .iter()
+            .filter(|k| {
+                k.ends_with(key.rsplit('.').next().unwrap_or(key)) || key.starts_with(k.split('.').next().unwrap_or(""))
+            })
+            .collect();
+        let hint = if close.is_empty() { String::new() } else { format!(" (did you mean {})", join(&close)) };
+        Err(Error::invalid(
+            "config",
+            format!(
+                "{source}: unknown key '{key}'{hint}; known keys: {}",
+                join(&self.known.iter().collect::<Vec<_>>())
+            ),
+        ))
+    }
+
+    fn put(&mut self, key: &str, value: toml::Value) {
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut t = &mut self.tree;
+        for p in &parts[..parts.len() - 1] {
+            let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            t = entry.as_table_mut().expect("just made a table");
+        }
+        t.insert(parts[parts.len() - 1].to_string(), value);
+    }
+}
+
+fn join(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads a `config.resolved.toml`.
+pub fn parse_file(path: &Path) -> Result<SearchConfig> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::Io { context: path.display().to_string(), source: e })?;
+    toml::from_str(&text).map_err(|e| Error::data(path.display().to_string(), e.to_string().trim().to_string()))
+}
+
+fn to_table(cfg: &SearchConfig) -> Result<toml::Table> {
+    toml::Table::try_from(cfg).map_err(|e| Error::invalid("config", e.to_string()))
+}
+
+fn flat_table(t: &toml::Table) -> BTreeMap<String, toml::Value> {
+    let mut out = BTreeMap::new();
+    flatten("", &toml::Value::Table(t.clone()), &mut out);
+    out
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string(), v.clone());
+        }
+    }
+}
+
+/// Keys whose values differ between two configs (ignoring `skip`), as `key: a -> b`.
+pub fn differences(a: &SearchConfig, b: &SearchConfig, skip: &[&str]) -> Result<Vec<String>> {
+    let (fa, fb) = (flat_table(&to_table(a)?), flat_table(&to_table(b)?));
+    let mut keys: Vec<&String> = fa.keys().chain(fb.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys
+        .into_iter()
+        .filter(|k| !skip.contains(&k.as_str()) && !NOT_COMPARED.contains(&k.as_str()))
+        .filter(|k| fa.get(*k) != fb.get(*k))
+        .map(|k| {
+            let show = |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+            format!("{k}: {} -> {}", show(fa.get(k)), show(fb.get(k)))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::Count;
+
+    #[test]
+    fn layers_apply_in_order_and_unknown_keys_are_named() {
+        let mut b = ConfigBuilder::new(&SearchConfig::default()).unwrap();
+        b.flag("space", toml::Value::String("resnet_d".into()));
+        b.set("constraints.max_params=\"1M\"").unwrap();
+        b.set("search.population = 50").unwrap();
+        b.set("algo=random").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!((c.space.as_str(), c.search.population, c.algo), ("resnet_d", 50, AlgoKind::Random));
+        assert_eq!(c.constraints.max_params, Count(1_000_000));
+
+        let mut b = ConfigBuilder::new(&SearchConfig::default()).unwrap();
+        let e = b.set("search.populaton=3").unwrap_err().to_string();
+        assert!(e.contains("unknown key 'search.populaton'") && e.contains("search.population"), "{e}");
+        let e = b.set("no_equals").unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+        b.set("search.population=many").unwrap();
+        let e = b.build().unwrap_err().to_string();
+        assert!(e.contains("population"), "{e}");
+
+        let mut b = ConfigBuilder::new(&SearchConfig::default()).unwrap();
+        b.set("algo=annealing").unwrap();
+        let e = b.build().unwrap_err().to_string();
+        assert!(e.contains("algo") && e.contains("annealing"), "{e}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips_and_differences_name_keys() {
+        let c = SearchConfig { seed: 3, ..Default::default() };
+        let back: SearchConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back, c);
+        let mut d = c.clone();
+        d.search.sample = 4;
+        d.kdscout_version = "9.9.9".into();
+        assert_eq!(differences(&c, &d, &[]).unwrap(), vec!["search.sample: 8 -> 4".to_string()]);
+        assert!(differences(&c, &d, &["search.sample"]).unwrap().is_empty());
+    }
+}
