@@ -144,3 +144,43 @@ fn bad_requests_are_clear_errors() {
     let e = error_of(&kdscout(&["score", "--teacher", "resnet8", "--student", "resnet8", "--init", "xavier"]));
     assert!(e.contains("xavier"), "{e}");
 }
+
+#[test]
+fn models_reads_a_searched_winner_and_any_buildable_name() {
+    let dir = tmp("models-arch");
+    let out = dir.join("run");
+    ok(&kdscout(&[
+        "search",
+        "--space",
+        "resnet_d",
+        "--algo",
+        "random",
+        "--evaluations",
+        "3",
+        "--teacher",
+        "resnet8",
+        "--proxy",
+        "params",
+        "--data",
+        "synthetic",
+        "--batch",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let arch = out.join("best/arch.json");
+    let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&arch).unwrap()).unwrap();
+    let name = a["arch"].as_str().unwrap();
+    let json = ok(&kdscout(&["models", "--arch", arch.to_str().unwrap(), "--json"]));
+    let row: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(row["name"], name);
+    assert_eq!(row["params"], a["params"], "models and the search agree on the winner's size");
+    assert_eq!(row["macs"], a["flops"]);
+    let nb = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|";
+    let row: serde_json::Value =
+        serde_json::from_str(ok(&kdscout(&["models", "--model", nb, "--classes", "10", "--json"])).trim()).unwrap();
+    assert_eq!(row["params"], 1_531_546, "NAS-Bench-201's largest cell, 10 classes");
+    let e = error_of(&kdscout(&["models", "--arch", "/nonexistent/arch.json"]));
+    assert!(e.contains("/nonexistent/arch.json"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -15,6 +15,13 @@ pub struct ModelsArgs {
     /// Classes of the classifier (the parameter counts depend on it; the KD papers use 100).
     #[arg(long, default_value_t = 100)]
     pub classes: usize,
+    /// Show one network instead of the zoo: a searched winner's `best/arch.json` (its class count
+    /// is used) ...
+    #[arg(long, conflicts_with = "model")]
+    pub arch: Option<std::path::PathBuf>,
+    /// ... or any name `models::build` accepts (zoo name, resnet_dXYZ, NB201 string, ViT name).
+    #[arg(long)]
+    pub model: Option<String>,
 }
 
 /// `1234567` -> `"1,234,567"`.
@@ -38,23 +45,33 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
     if args.classes == 0 {
         return Err(Error::invalid("models", "--classes must be at least 1"));
     }
+    let single = match (&args.arch, &args.model) {
+        (Some(path), _) => {
+            let a = crate::search::run::ArchFile::load(path)?;
+            Some((a.arch, a.num_classes))
+        }
+        (None, Some(name)) => Some((name.clone(), args.classes)),
+        (None, None) => None,
+    };
     let mut rows: Vec<(&str, ModelCost)> = Vec::with_capacity(models::ZOO.len());
-    for &name in models::ZOO {
-        rows.push((name, models::cost(name, args.classes)?));
+    let classes = single.as_ref().map_or(args.classes, |s| s.1);
+    match &single {
+        Some((name, classes)) => rows.push((name.as_str(), models::cost(name, *classes)?)),
+        None => {
+            for &name in models::ZOO {
+                rows.push((name, models::cost(name, args.classes)?));
+            }
+        }
     }
     if args.json {
         for (name, c) in &rows {
-            let line = serde_json::json!({"name": name, "classes": args.classes, "params": c.params, "macs": c.macs});
+            let line = serde_json::json!({"name": name, "classes": classes, "params": c.params, "macs": c.macs});
             println!("{line}");
         }
         return Ok(());
     }
     let w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
-    println!(
-        "{} models for 32x32 inputs, {} classes (MACs = the \"FLOPs\" of the KD papers)",
-        rows.len(),
-        args.classes
-    );
+    println!("{} model(s) for 32x32 inputs, {} classes (MACs = the \"FLOPs\" of the KD papers)", rows.len(), classes);
     println!("{:<w$}  {:>12}  {:>7}  {:>14}  {:>8}", "model", "params", "", "MACs", "");
     for (name, c) in &rows {
         println!(
@@ -64,6 +81,9 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
             with_commas(c.macs),
             millions(c.macs)
         );
+    }
+    if single.is_some() {
+        return Ok(());
     }
     let lo = models::cost("resnet_d111", args.classes)?;
     let hi = models::cost("resnet_d777", args.classes)?;
