@@ -547,3 +547,46 @@ fn nonfinite_scores_are_null_never_clamped() {
         assert_eq!(r.status, want);
     }
 }
+
+#[test]
+fn diswot_cam_matches_the_paper_formulas_in_f64() {
+    let ctx0 = context(13, [3, 3, 32, 32], 10);
+    let teacher = Candidate { name: "resnet14".into(), num_classes: 10, seed: 1, init: InitMode::Default, device: DEV };
+    let view = TeacherView::compute(teacher.build().unwrap().as_ref(), "resnet14", &ctx0.images, &ctx0.labels).unwrap();
+    let ctx = ScoringContext { teacher: Some(view), ..ctx0 };
+    let student = Candidate { name: "resnet8".into(), num_classes: 10, seed: 2, init: InitMode::Default, device: DEV };
+    let got = proxy::by_name("diswot_cam").unwrap().score(&ctx, &|| student.build()).unwrap();
+
+    // G[n, (b, p)] = Σ_c w[n, c]·A[b, c, p]; 𝒢 = GGᵀ/‖GGᵀ‖_F; Ã = A as [B, C·H·W], 𝒜 = ÃÃᵀ/‖ÃÃᵀ‖_F.
+    let (t, s) = (teacher.build().unwrap(), student.build().unwrap());
+    let (tf, sf) = (t.forward_features(&ctx.images).unwrap(), s.forward_features(&ctx.images).unwrap());
+    let normalised_gram = |rows: &[Vec<f64>]| -> Vec<f64> {
+        let g: Vec<f64> =
+            rows.iter().flat_map(|a| rows.iter().map(move |b| a.iter().zip(b).map(|(x, y)| x * y).sum())).collect();
+        let n = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+        g.into_iter().map(|v| v / n).collect()
+    };
+    let cam_rows = |map: &Tensor, w: &Tensor| -> Vec<Vec<f64>> {
+        let (a, w) = (f64s(map), f64s(w));
+        let d = map.dims();
+        let (b, c, hw) = (d[0], d[1], d[2] * d[3]);
+        (0..10)
+            .map(|n| {
+                (0..b)
+                    .flat_map(|bi| (0..hw).map(move |p| (bi, p)))
+                    .map(|(bi, p)| (0..c).map(|ch| w[n * c + ch] * a[(bi * c + ch) * hw + p]).sum())
+                    .collect()
+            })
+            .collect()
+    };
+    let dist = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let semantic = dist(
+        &normalised_gram(&cam_rows(sf.pooled_map(), &s.classifier().weight)),
+        &normalised_gram(&cam_rows(tf.pooled_map(), &t.classifier().weight)),
+    );
+    let flat = |m: &Tensor| -> Vec<Vec<f64>> { f64s(m).chunks(m.numel() / 3).map(|r| r.to_vec()).collect() };
+    let relation = dist(&normalised_gram(&flat(sf.pooled_map())), &normalised_gram(&flat(tf.pooled_map())));
+    close(got.terms[0].1, -semantic, 1e-4, "cam semantic");
+    close(got.terms[1].1, -relation, 1e-4, "cam relation");
+    close(got.value, -(semantic + relation), 1e-4, "diswot_cam");
+}
