@@ -41,7 +41,14 @@
 // ---- normalisation: x viewed as [n, c, hw]; layer norm uses n = rows, c = cols, hw = 1 ----
 #define KDS_NORM_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(float, eps) F(float, momentum)
 
+// ---- conv2d: x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw], y [n, c_out, h_out, w_out];
+// conv_bwd_weight splits the n*h_out*w_out pixels into chunks of k_chunk (grid z = groups * splits)
+#define KDS_CONV_PARAMS(F, A)                                                                                  \
+    F(int, n) F(int, c_in) F(int, h) F(int, w) F(int, c_out) F(int, kh) F(int, kw) F(int, stride_h)           \
+        F(int, stride_w) F(int, pad_h) F(int, pad_w) F(int, groups) F(int, h_out) F(int, w_out) F(int, k_chunk)
+
 #define KDS_ALL_PARAMS(X)                 \
+    X(ConvParams, KDS_CONV_PARAMS)        \
     X(NormParams, KDS_NORM_PARAMS)        \
     X(PermuteParams, KDS_PERMUTE_PARAMS)  \
     X(SliceParams, KDS_SLICE_PARAMS)      \

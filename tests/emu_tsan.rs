@@ -16,7 +16,7 @@ use kdscout::backend::cuda::emu::{self, EmuGpu};
 use kdscout::backend::cuda::kernels::{self, tsan_only};
 use kdscout::backend::cuda::params::{AxisParams, AxpbyParams};
 use kdscout::backend::cuda::{Gpu, LaunchCfg};
-use kdscout::backend::{Backend, BinaryOp, DimGeom, MatmulGeom, NormGeom, SgdStep, UnaryOp};
+use kdscout::backend::{Backend, BinaryOp, Conv2dGeom, DimGeom, MatmulGeom, NormGeom, SgdStep, UnaryOp};
 use kdscout::rng::Rng;
 use kdscout::Device;
 
@@ -103,6 +103,15 @@ fn exercise_all() {
     let (y, mean, inv) = be.layer_norm(&bx, &lgam, &lbet, &lg).unwrap();
     let (dx, _, _) = be.layer_norm_backward(&bx, &y, &lgam, &mean, &inv, &lg).unwrap();
     finite(&dx, "layer_norm_backward");
+    // Convolutions: grouped implicit GEMM (70 output channels per group: two row tiles; 162
+    // pixels: three column tiles; 300 pixels for the weight gradient: three split-K slabs), and
+    // depthwise with a channel multiplier.
+    for g in [Conv2dGeom::square(3, 4, 10, 10, 140, 3, 2, 1, 2), Conv2dGeom::square(3, 3, 10, 10, 6, 3, 1, 1, 3)] {
+        let (xc, wc) = (up(g.n * g.c_in * g.h * g.w, 15), up(g.c_out * g.c_in / g.groups * g.kh * g.kw, 16));
+        let y = be.conv2d(&xc, &wc, &g).unwrap();
+        finite(&be.conv2d_backward_data(&y, &wc, &g).unwrap(), "conv2d_backward_data");
+        finite(&be.conv2d_backward_weight(&xc, &y, &g).unwrap(), "conv2d_backward_weight");
+    }
     // axpby is not a Backend op yet (hypergradient steps): call its wrapper.
     let gpu = EmuGpu;
     let mut y = gpu.alloc(300).unwrap();

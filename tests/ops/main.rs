@@ -45,6 +45,7 @@ mod cpu {
 /// kernel returns "op X has no CUDA kernel yet" instead of running on the CPU.
 #[cfg(feature = "cuda-emu")]
 mod emu {
+    conv_tests!(kdscout::Device::CudaEmu);
     elementwise_tests!(kdscout::Device::CudaEmu);
     layout_tests!(kdscout::Device::CudaEmu);
     matmul_tests!(kdscout::Device::CudaEmu);
@@ -56,6 +57,7 @@ mod emu {
 /// keeps them out of builds that cannot run them).
 #[cfg(all(feature = "cuda", kdscout_gpu))]
 mod gpu {
+    conv_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
     elementwise_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
     layout_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
     matmul_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));

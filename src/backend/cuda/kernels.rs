@@ -130,6 +130,14 @@ kernels! {
     "gemm" {
         gemm(a: i, b: i, c: o; GemmParams);
     }
+    "conv2d" {
+        conv_fwd(x: i, w: i, y: o; ConvParams);
+        conv_bwd_data(dy: i, w: i, dx: o; ConvParams);
+        conv_bwd_weight(x: i, dy: i, dw: o; ConvParams);
+        dw_conv_fwd(x: i, w: i, y: o; ConvParams);
+        dw_conv_bwd_data(dy: i, w: i, dx: o; ConvParams);
+        dw_conv_bwd_weight(x: i, dy: i, dw: o; ConvParams);
+    }
     "norm" {
         bn_stats(x: i, mean: o, invstd: o, running_mean: o, running_var: o, shift: o; NormParams);
         bn_apply(x: i, shift: i, invstd: i, gamma: i, beta: i, y: o; NormParams);

@@ -88,6 +88,58 @@ fn broadcast_strides(dims: &[usize], out: &[usize]) -> [i32; MAX_RANK] {
     strides
 }
 
+fn conv_params(op: &'static str, g: &Conv2dGeom) -> Result<ConvParams> {
+    int(op, g.n * g.c_in * g.h * g.w)?;
+    int(op, g.n * g.c_out * g.h_out * g.w_out)?;
+    int(op, g.c_out * (g.c_in / g.groups) * g.kh * g.kw)?;
+    Ok(ConvParams {
+        n: g.n as i32,
+        c_in: g.c_in as i32,
+        h: g.h as i32,
+        w: g.w as i32,
+        c_out: g.c_out as i32,
+        kh: int(op, g.kh)?,
+        kw: int(op, g.kw)?,
+        stride_h: int(op, g.stride.0)?,
+        stride_w: int(op, g.stride.1)?,
+        pad_h: int(op, g.pad.0)?,
+        pad_w: int(op, g.pad.1)?,
+        groups: int(op, g.groups)?,
+        h_out: g.h_out as i32,
+        w_out: g.w_out as i32,
+        k_chunk: int(op, g.n * g.h_out * g.w_out)?,
+    })
+}
+
+/// One input channel per group: the direct depthwise kernels (any channel multiplier).
+fn is_depthwise(g: &Conv2dGeom) -> bool {
+    g.groups == g.c_in
+}
+
+/// The implicit-GEMM grid: 64 x 64 tiles of a (rows x cols) result per group.
+fn conv_tiles(op: &'static str, cols: usize, rows: usize, groups: usize) -> Result<LaunchCfg> {
+    let (gx, gy) = (cols.div_ceil(64), rows.div_ceil(64));
+    if gy > 65535 || groups > 65535 {
+        return Err(Error::Device {
+            op,
+            detail: format!("{rows} channels per group or {groups} groups above the CUDA grid limit of 65535"),
+        });
+    }
+    Ok(LaunchCfg { grid: [int(op, gx)? as u32, gy as u32, groups as u32], block: [256, 1, 1], smem: 0 })
+}
+
+/// Split-K of conv_bwd_weight over its `pixels` reduction: chunks of at least 128 pixels (a
+/// multiple of the 16-deep k-step), as many as it takes for the `tiles` output tiles to make
+/// ~264 blocks (two per H100 SM), at most 256. Depends only on the geometry, so the summation
+/// order, and with it every bit of the result, is the same on every run.
+fn weight_splits(pixels: usize, tiles: usize) -> (usize, usize) {
+    const MIN_CHUNK: usize = 128;
+    let want = (264 / tiles.max(1)).clamp(1, 256);
+    let splits = pixels.div_ceil(MIN_CHUNK).min(want).max(1);
+    let chunk = pixels.div_ceil(splits).div_ceil(16) * 16;
+    (pixels.div_ceil(chunk), chunk)
+}
+
 /// Kernels over the middle axis come as a pair: one block per contiguous line (`rows`, inner
 /// == 1) or one thread per line (`cols`).
 type AxisKernel1<G> = fn(&G, LaunchCfg, &Storage, &mut Storage, &AxisParams) -> Result<()>;
@@ -361,18 +413,75 @@ impl<G: Gpu> Backend for GpuBackend<G> {
             stride_a: if g.a_broadcast { 0 } else { (g.m * g.k) as i64 },
             stride_b: if g.b_broadcast { 0 } else { (g.k * g.n) as i64 },
         };
-        let cfg = LaunchCfg { grid: [gx as u32, gy as u32, g.batch as u32], block: [16, 16, 1], smem: 0 };
+        let cfg = LaunchCfg { grid: [gx as u32, gy as u32, g.batch as u32], block: [256, 1, 1], smem: 0 };
         k::gemm(&self.gpu, cfg, a, b, &mut c, &p)?;
         Ok(c)
     }
-    fn conv2d(&self, _x: &Storage, _w: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
-        no_kernel("conv2d")
+    fn conv2d(&self, x: &Storage, w: &Storage, g: &Conv2dGeom) -> Result<Storage> {
+        let n_out = g.n * g.c_out * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out == 0 {
+            return Ok(y);
+        }
+        let p = conv_params("conv2d", g)?;
+        if is_depthwise(g) {
+            k::dw_conv_fwd(&self.gpu, LaunchCfg::linear(n_out), x, w, &mut y, &p)?;
+        } else {
+            let cfg = conv_tiles("conv2d", g.n * g.h_out * g.w_out, g.c_out / g.groups, g.groups)?;
+            k::conv_fwd(&self.gpu, cfg, x, w, &mut y, &p)?;
+        }
+        Ok(y)
     }
-    fn conv2d_backward_data(&self, _dy: &Storage, _w: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
-        no_kernel("conv2d_backward_data")
+    fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &Conv2dGeom) -> Result<Storage> {
+        let n_in = g.n * g.c_in * g.h * g.w;
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in == 0 {
+            return Ok(dx);
+        }
+        let p = conv_params("conv2d_backward_data", g)?;
+        if is_depthwise(g) {
+            k::dw_conv_bwd_data(&self.gpu, LaunchCfg::linear(n_in), dy, w, &mut dx, &p)?;
+        } else {
+            let cfg = conv_tiles("conv2d_backward_data", g.n * g.h * g.w, g.c_in / g.groups, g.groups)?;
+            k::conv_bwd_data(&self.gpu, cfg, dy, w, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
-    fn conv2d_backward_weight(&self, _x: &Storage, _dy: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
-        no_kernel("conv2d_backward_weight")
+    fn conv2d_backward_weight(&self, x: &Storage, dy: &Storage, g: &Conv2dGeom) -> Result<Storage> {
+        let taps = g.c_in / g.groups * g.kh * g.kw;
+        let n_w = g.c_out * taps;
+        let pixels = g.n * g.h_out * g.w_out;
+        if n_w == 0 || pixels == 0 {
+            return self.full(n_w, 0.0);
+        }
+        let mut p = conv_params("conv2d_backward_weight", g)?;
+        if is_depthwise(g) {
+            let mut dw = self.gpu.alloc(n_w)?;
+            k::dw_conv_bwd_weight(&self.gpu, LaunchCfg::blocks(n_w, 256), x, dy, &mut dw, &p)?;
+            return Ok(dw);
+        }
+        let cog = g.c_out / g.groups;
+        let mut cfg = conv_tiles("conv2d_backward_weight", taps, cog, g.groups)?;
+        let tiles = (cfg.grid[0] * cfg.grid[1] * cfg.grid[2]) as usize;
+        let (splits, chunk) = weight_splits(pixels, tiles);
+        p.k_chunk = int("conv2d_backward_weight", chunk)?;
+        cfg.grid[2] = int("conv2d_backward_weight", g.groups * splits)? as u32;
+        if cfg.grid[2] > 65535 {
+            return Err(Error::Device {
+                op: "conv2d_backward_weight",
+                detail: format!("{} groups x {splits} splits above the grid limit of 65535", g.groups),
+            });
+        }
+        if splits == 1 {
+            let mut dw = self.gpu.alloc(n_w)?;
+            k::conv_bwd_weight(&self.gpu, cfg, x, dy, &mut dw, &p)?;
+            return Ok(dw);
+        }
+        let mut partial = self.gpu.alloc(splits * n_w)?;
+        k::conv_bwd_weight(&self.gpu, cfg, x, dy, &mut partial, &p)?;
+        // Sum the slabs in split order (fixed for a geometry: bitwise reproducible).
+        let sum = DimGeom { outer: 1, len: splits, inner: n_w };
+        self.reduce_sum(&partial, sum)
     }
 
     fn pool2d(&self, _kind: PoolKind, _x: &Storage, _g: &Pool2dGeom) -> Result<Storage> {

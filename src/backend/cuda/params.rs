@@ -58,5 +58,10 @@ params! {
     pub struct PermuteParams { n: i32, rank: i32, out_dims: [i32; MAX_RANK], src_strides: [i32; MAX_RANK] }
     pub struct SliceParams { outer: i32, inner: i32, len: i32, src_len: i32, src_start: i32, dst_len: i32, dst_start: i32 }
     /// Batch strides in elements; 0 broadcasts a single matrix over the batch.
+    /// conv2d geometry; `k_chunk` = output pixels per split of conv_bwd_weight.
+    pub struct ConvParams {
+        n: i32, c_in: i32, h: i32, w: i32, c_out: i32, kh: i32, kw: i32, stride_h: i32, stride_w: i32,
+        pad_h: i32, pad_w: i32, groups: i32, h_out: i32, w_out: i32, k_chunk: i32,
+    }
     pub struct GemmParams { m: i32, n: i32, k: i32, trans_a: i32, trans_b: i32, stride_a: i64, stride_b: i64 }
 }
