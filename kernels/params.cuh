@@ -47,7 +47,17 @@
     F(int, n) F(int, c_in) F(int, h) F(int, w) F(int, c_out) F(int, kh) F(int, kw) F(int, stride_h)           \
         F(int, stride_w) F(int, pad_h) F(int, pad_w) F(int, groups) F(int, h_out) F(int, w_out) F(int, k_chunk)
 
+// ---- pooling and resampling: x [n, c, h, w] -> [n, c, h_out, w_out] ----
+// kind: PoolCode in pool.cu (0 max, 1 average with count_include_pad, 2 average without)
+#define KDS_POOL_PARAMS(F, A)                                                                                     \
+    F(int, n) F(int, c) F(int, h) F(int, w) F(int, kh) F(int, kw) F(int, stride_h) F(int, stride_w) F(int, pad_h) \
+        F(int, pad_w) F(int, h_out) F(int, w_out) F(int, kind)
+// mode: InterpCode in pool.cu (0 nearest, 1 bilinear); unused by adaptive pooling
+#define KDS_RESIZE_PARAMS(F, A) F(int, n) F(int, c) F(int, h) F(int, w) F(int, h_out) F(int, w_out) F(int, mode)
+
 #define KDS_ALL_PARAMS(X)                 \
+    X(PoolParams, KDS_POOL_PARAMS)        \
+    X(ResizeParams, KDS_RESIZE_PARAMS)    \
     X(ConvParams, KDS_CONV_PARAMS)        \
     X(NormParams, KDS_NORM_PARAMS)        \
     X(PermuteParams, KDS_PERMUTE_PARAMS)  \

@@ -16,7 +16,10 @@ use kdscout::backend::cuda::emu::{self, EmuGpu};
 use kdscout::backend::cuda::kernels::{self, tsan_only};
 use kdscout::backend::cuda::params::{AxisParams, AxpbyParams};
 use kdscout::backend::cuda::{Gpu, LaunchCfg};
-use kdscout::backend::{Backend, BinaryOp, Conv2dGeom, DimGeom, MatmulGeom, NormGeom, SgdStep, UnaryOp};
+use kdscout::backend::{
+    Backend, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
+    SgdStep, UnaryOp,
+};
 use kdscout::rng::Rng;
 use kdscout::Device;
 
@@ -111,6 +114,20 @@ fn exercise_all() {
         let y = be.conv2d(&xc, &wc, &g).unwrap();
         finite(&be.conv2d_backward_data(&y, &wc, &g).unwrap(), "conv2d_backward_data");
         finite(&be.conv2d_backward_weight(&xc, &y, &g).unwrap(), "conv2d_backward_weight");
+    }
+    // Pooling and resampling on [2, 3, 9, 7] maps (378 elements: two blocks, a partial warp).
+    let xp = up(2 * 3 * 9 * 7, 17);
+    let pg = Pool2dGeom { n: 2, c: 3, h: 9, w: 7, kernel: (3, 3), stride: (2, 2), pad: (1, 1), h_out: 5, w_out: 4 };
+    for kind in [PoolKind::Max, PoolKind::Avg { count_include_pad: true }] {
+        let y = be.pool2d(kind, &xp, &pg).unwrap();
+        finite(&be.pool2d_backward(kind, &xp, &y, &pg).unwrap(), "pool2d_backward");
+    }
+    let rg = ResizeGeom { n: 2, c: 3, h: 9, w: 7, h_out: 4, w_out: 11 };
+    let y = be.adaptive_avg_pool2d(&xp, &rg).unwrap();
+    finite(&be.adaptive_avg_pool2d_backward(&y, &rg).unwrap(), "adaptive_avg_pool2d_backward");
+    for mode in [InterpMode::Nearest, InterpMode::Bilinear] {
+        let y = be.interpolate(mode, &xp, &rg).unwrap();
+        finite(&be.interpolate_backward(mode, &y, &rg).unwrap(), "interpolate_backward");
     }
     // axpby is not a Backend op yet (hypergradient steps): call its wrapper.
     let gpu = EmuGpu;

@@ -40,27 +40,15 @@ mod cpu {
 }
 
 /// The CUDA kernels, executed on the emulator (one fiber per CUDA thread; fresh device buffers
-/// are NaN, so unwritten outputs fail). The families listed here are the ones whose ops all
-/// have kernels; the list grows as kernels land until it is `all_op_tests!`. An op without a
-/// kernel returns "op X has no CUDA kernel yet" instead of running on the CPU.
+/// are NaN, so unwritten outputs fail): every family. Nothing falls back to the CPU.
 #[cfg(feature = "cuda-emu")]
 mod emu {
-    conv_tests!(kdscout::Device::CudaEmu);
-    elementwise_tests!(kdscout::Device::CudaEmu);
-    layout_tests!(kdscout::Device::CudaEmu);
-    matmul_tests!(kdscout::Device::CudaEmu);
-    norm_tests!(kdscout::Device::CudaEmu);
-    reduce_tests!(kdscout::Device::CudaEmu);
+    all_op_tests!(kdscout::Device::CudaEmu);
 }
 
 /// The same families on a real GPU (`scripts/gpu-check.sh` on a machine that has one; the cfg
 /// keeps them out of builds that cannot run them).
 #[cfg(all(feature = "cuda", kdscout_gpu))]
 mod gpu {
-    conv_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    elementwise_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    layout_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    matmul_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    norm_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    reduce_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
+    all_op_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
 }

@@ -138,6 +138,14 @@ kernels! {
         dw_conv_bwd_data(dy: i, w: i, dx: o; ConvParams);
         dw_conv_bwd_weight(x: i, dy: i, dw: o; ConvParams);
     }
+    "pool" {
+        pool_fwd(x: i, y: o; PoolParams);
+        pool_bwd(x: i, dy: i, dx: o; PoolParams);
+        adaptive_avg_fwd(x: i, y: o; ResizeParams);
+        adaptive_avg_bwd(dy: i, dx: o; ResizeParams);
+        interp_fwd(x: i, y: o; ResizeParams);
+        interp_bwd(dy: i, dx: o; ResizeParams);
+    }
     "norm" {
         bn_stats(x: i, mean: o, invstd: o, running_mean: o, running_var: o, shift: o; NormParams);
         bn_apply(x: i, shift: i, invstd: i, gamma: i, beta: i, y: o; NormParams);

@@ -1,7 +1,7 @@
 //! The op set on any [`Gpu`]: size checks, parameter structs, launch shapes, and the calls to
 //! the typed launch wrappers. Geometry is already checked by `Tensor`; this layer only refuses
-//! what the kernels cannot represent (2^31 elements or more, rank above 8) and ops whose kernels
-//! do not exist yet, each with an error naming the op.
+//! what the kernels cannot represent (2^31 elements or more, rank above 8), with an error naming
+//! the op. Every op of the trait has its kernels; nothing runs on the CPU.
 
 use super::kernels as k;
 use super::params::*;
@@ -15,10 +15,6 @@ use crate::error::{Error, Result};
 /// The kernels as a `Backend` on device `G`.
 pub struct GpuBackend<G: Gpu> {
     pub gpu: G,
-}
-
-fn no_kernel<T>(op: &'static str) -> Result<T> {
-    Err(Error::Device { op, detail: format!("op {op} has no CUDA kernel yet") })
 }
 
 /// A count as the kernels' int, or an error naming the op.
@@ -109,6 +105,55 @@ fn conv_params(op: &'static str, g: &Conv2dGeom) -> Result<ConvParams> {
         w_out: g.w_out as i32,
         k_chunk: int(op, g.n * g.h_out * g.w_out)?,
     })
+}
+
+fn pool_params(op: &'static str, kind: PoolKind, g: &Pool2dGeom) -> Result<PoolParams> {
+    int(op, g.n * g.c * g.h * g.w)?;
+    int(op, g.n * g.c * g.h_out * g.w_out)?;
+    Ok(PoolParams {
+        n: g.n as i32,
+        c: g.c as i32,
+        h: g.h as i32,
+        w: g.w as i32,
+        kh: int(op, g.kernel.0)?,
+        kw: int(op, g.kernel.1)?,
+        stride_h: int(op, g.stride.0)?,
+        stride_w: int(op, g.stride.1)?,
+        pad_h: int(op, g.pad.0)?,
+        pad_w: int(op, g.pad.1)?,
+        h_out: g.h_out as i32,
+        w_out: g.w_out as i32,
+        kind: match kind {
+            PoolKind::Max => 0,
+            PoolKind::Avg { count_include_pad: true } => 1,
+            PoolKind::Avg { count_include_pad: false } => 2,
+        },
+    })
+}
+
+fn resize_params(op: &'static str, mode: i32, g: &ResizeGeom) -> Result<ResizeParams> {
+    int(op, g.n * g.c * g.h * g.w)?;
+    int(op, g.n * g.c * g.h_out * g.w_out)?;
+    if g.h == 0 || g.w == 0 {
+        return Err(Error::invalid(op, format!("empty {}x{} input map: nothing to resample", g.h, g.w)));
+    }
+    // Products of indices with sizes (adaptive bins) are taken in 64 bits by the kernels.
+    Ok(ResizeParams {
+        n: g.n as i32,
+        c: g.c as i32,
+        h: g.h as i32,
+        w: g.w as i32,
+        h_out: g.h_out as i32,
+        w_out: g.w_out as i32,
+        mode,
+    })
+}
+
+fn interp_code(mode: InterpMode) -> i32 {
+    match mode {
+        InterpMode::Nearest => 0,
+        InterpMode::Bilinear => 1,
+    }
 }
 
 /// One input channel per group: the direct depthwise kernels (any channel multiplier).
@@ -484,23 +529,58 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         self.reduce_sum(&partial, sum)
     }
 
-    fn pool2d(&self, _kind: PoolKind, _x: &Storage, _g: &Pool2dGeom) -> Result<Storage> {
-        no_kernel("pool2d")
+    fn pool2d(&self, kind: PoolKind, x: &Storage, g: &Pool2dGeom) -> Result<Storage> {
+        let n_out = g.n * g.c * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out > 0 {
+            k::pool_fwd(&self.gpu, LaunchCfg::linear(n_out), x, &mut y, &pool_params("pool2d", kind, g)?)?;
+        }
+        Ok(y)
     }
-    fn pool2d_backward(&self, _kind: PoolKind, _x: &Storage, _dy: &Storage, _g: &Pool2dGeom) -> Result<Storage> {
-        no_kernel("pool2d_backward")
+    fn pool2d_backward(&self, kind: PoolKind, x: &Storage, dy: &Storage, g: &Pool2dGeom) -> Result<Storage> {
+        let n_in = x.len();
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in > 0 {
+            let p = pool_params("pool2d_backward", kind, g)?;
+            k::pool_bwd(&self.gpu, LaunchCfg::linear(n_in), x, dy, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
-    fn adaptive_avg_pool2d(&self, _x: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("adaptive_avg_pool2d")
+    fn adaptive_avg_pool2d(&self, x: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_out = g.n * g.c * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out > 0 {
+            let p = resize_params("adaptive_avg_pool2d", 0, g)?;
+            k::adaptive_avg_fwd(&self.gpu, LaunchCfg::linear(n_out), x, &mut y, &p)?;
+        }
+        Ok(y)
     }
-    fn adaptive_avg_pool2d_backward(&self, _dy: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("adaptive_avg_pool2d_backward")
+    fn adaptive_avg_pool2d_backward(&self, dy: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_in = g.n * g.c * g.h * g.w;
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in > 0 {
+            let p = resize_params("adaptive_avg_pool2d_backward", 0, g)?;
+            k::adaptive_avg_bwd(&self.gpu, LaunchCfg::linear(n_in), dy, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
-    fn interpolate(&self, _mode: InterpMode, _x: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("interpolate")
+    fn interpolate(&self, mode: InterpMode, x: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_out = g.n * g.c * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out > 0 {
+            let p = resize_params("interpolate", interp_code(mode), g)?;
+            k::interp_fwd(&self.gpu, LaunchCfg::linear(n_out), x, &mut y, &p)?;
+        }
+        Ok(y)
     }
-    fn interpolate_backward(&self, _mode: InterpMode, _dy: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("interpolate_backward")
+    fn interpolate_backward(&self, mode: InterpMode, dy: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_in = g.n * g.c * g.h * g.w;
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in > 0 {
+            let p = resize_params("interpolate_backward", interp_code(mode), g)?;
+            k::interp_bwd(&self.gpu, LaunchCfg::linear(n_in), dy, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
 
     fn batch_norm_train(

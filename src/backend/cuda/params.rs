@@ -63,5 +63,12 @@ params! {
         n: i32, c_in: i32, h: i32, w: i32, c_out: i32, kh: i32, kw: i32, stride_h: i32, stride_w: i32,
         pad_h: i32, pad_w: i32, groups: i32, h_out: i32, w_out: i32, k_chunk: i32,
     }
+    /// Window pooling; `kind` 0 max, 1 average with count_include_pad, 2 average without.
+    pub struct PoolParams {
+        n: i32, c: i32, h: i32, w: i32, kh: i32, kw: i32, stride_h: i32, stride_w: i32, pad_h: i32, pad_w: i32,
+        h_out: i32, w_out: i32, kind: i32,
+    }
+    /// Adaptive pooling and interpolation; `mode` 0 nearest, 1 bilinear.
+    pub struct ResizeParams { n: i32, c: i32, h: i32, w: i32, h_out: i32, w_out: i32, mode: i32 }
     pub struct GemmParams { m: i32, n: i32, k: i32, trans_a: i32, trans_b: i32, stride_a: i64, stride_b: i64 }
 }
