@@ -55,7 +55,13 @@
 // mode: InterpCode in pool.cu (0 nearest, 1 bilinear); unused by adaptive pooling
 #define KDS_RESIZE_PARAMS(F, A) F(int, n) F(int, c) F(int, h) F(int, w) F(int, h_out) F(int, w_out) F(int, mode)
 
+// ---- Gram / cosine matrices of F [batch, m, d] (mode 0 plain, 1 cosine), attention scores ----
+#define KDS_GRAM_PARAMS(F, A) F(int, batch) F(int, m) F(int, d) F(int, mode) F(float, eps)
+#define KDS_ATTN_PARAMS(F, A) F(int, tq) F(int, tk) F(int, d) F(float, scale)
+
 #define KDS_ALL_PARAMS(X)                 \
+    X(GramParams, KDS_GRAM_PARAMS)        \
+    X(AttnParams, KDS_ATTN_PARAMS)        \
     X(PoolParams, KDS_POOL_PARAMS)        \
     X(ResizeParams, KDS_RESIZE_PARAMS)    \
     X(ConvParams, KDS_CONV_PARAMS)        \

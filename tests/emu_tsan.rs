@@ -14,6 +14,7 @@ use std::process::Command;
 
 use kdscout::backend::cuda::emu::{self, EmuGpu};
 use kdscout::backend::cuda::kernels::{self, tsan_only};
+use kdscout::backend::cuda::ops::GramMode;
 use kdscout::backend::cuda::params::{AxisParams, AxpbyParams};
 use kdscout::backend::cuda::{Gpu, LaunchCfg};
 use kdscout::backend::{
@@ -129,6 +130,13 @@ fn exercise_all() {
         let y = be.interpolate(mode, &xp, &rg).unwrap();
         finite(&be.interpolate_backward(mode, &y, &rg).unwrap(), "interpolate_backward");
     }
+    // Proxy kernels outside the Backend trait: cosine Gram of 70 rows (two tiles each way, three
+    // k-steps), AT maps over 300 positions (two per thread for some), attention over 300 keys.
+    let emu_be = kdscout::backend::cuda::GpuBackend { gpu: EmuGpu };
+    let f = up(2 * 70 * 37, 18);
+    finite(&emu_be.gram(&f, 2, 70, 37, GramMode::Cosine { eps: 1e-8 }).unwrap(), "gram");
+    finite(&emu_be.attention_map(&f, 2, 7, 185, 1e-12).unwrap(), "attention_map");
+    finite(&emu_be.attention_scores(&f, &f, 2, 3, 300, 8, 0.3).unwrap(), "attention_scores");
     // axpby is not a Backend op yet (hypergradient steps): call its wrapper.
     let gpu = EmuGpu;
     let mut y = gpu.alloc(300).unwrap();

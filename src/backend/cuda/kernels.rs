@@ -146,6 +146,14 @@ kernels! {
         interp_fwd(x: i, y: o; ResizeParams);
         interp_bwd(dy: i, dx: o; ResizeParams);
     }
+    "gram" {
+        row_inv_norm(f: i, inv: o; GramParams);
+        gram(f: i, inv: i, g: o; GramParams);
+    }
+    "attention" {
+        at_map(x: i, a: o; NormParams);
+        attn_softmax(q: i, k: i, s: o; AttnParams);
+    }
     "norm" {
         bn_stats(x: i, mean: o, invstd: o, running_mean: o, running_var: o, shift: o; NormParams);
         bn_apply(x: i, shift: i, invstd: i, gamma: i, beta: i, y: o; NormParams);

@@ -161,16 +161,17 @@ fn is_depthwise(g: &Conv2dGeom) -> bool {
     g.groups == g.c_in
 }
 
-/// The implicit-GEMM grid: 64 x 64 tiles of a (rows x cols) result per group.
-fn conv_tiles(op: &'static str, cols: usize, rows: usize, groups: usize) -> Result<LaunchCfg> {
+/// The grid of the tiled GEMM core: 64 x 64 tiles of a (rows x cols) result, `z` of them
+/// (groups, batch).
+fn tiles64(op: &'static str, cols: usize, rows: usize, z: usize) -> Result<LaunchCfg> {
     let (gx, gy) = (cols.div_ceil(64), rows.div_ceil(64));
-    if gy > 65535 || groups > 65535 {
+    if gy > 65535 || z > 65535 {
         return Err(Error::Device {
             op,
-            detail: format!("{rows} channels per group or {groups} groups above the CUDA grid limit of 65535"),
+            detail: format!("{gy} row tiles of {rows} rows or {z} groups/batches above the CUDA grid limit of 65535"),
         });
     }
-    Ok(LaunchCfg { grid: [int(op, gx)? as u32, gy as u32, groups as u32], block: [256, 1, 1], smem: 0 })
+    Ok(LaunchCfg { grid: [int(op, gx)? as u32, gy as u32, z as u32], block: [256, 1, 1], smem: 0 })
 }
 
 /// Split-K of conv_bwd_weight over its `pixels` reduction: chunks of at least 128 pixels (a
@@ -271,6 +272,90 @@ impl<G: Gpu> GpuBackend<G> {
             n: int(op, n)?,
             inv_rows: 1.0 / rows.max(1) as f32,
         })
+    }
+}
+
+/// What [`GpuBackend::gram`] computes from the rows of F [batch, m, d].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GramMode {
+    /// F Fᵀ.
+    Plain,
+    /// Cosine similarities: F Fᵀ with row i scaled by 1/max(‖F_i‖, eps) (fused in the epilogue).
+    Cosine { eps: f32 },
+    /// SP's kernel: each row of F Fᵀ L2-normalised, `F.normalize(F Fᵀ, dim=1, eps)`.
+    RowNormalized { eps: f32 },
+}
+
+/// Proxy and distillation kernels that are not `Backend` ops (yet): Gram and cosine matrices,
+/// attention maps, attention scores. Sizes are the caller's to get right, as for the ops.
+impl<G: Gpu> GpuBackend<G> {
+    /// G [batch, m, m] from F [batch, m, d] (see [`GramMode`]).
+    pub fn gram(&self, f: &Storage, batch: usize, m: usize, d: usize, mode: GramMode) -> Result<Storage> {
+        let n_out = batch * m * m;
+        if n_out == 0 {
+            return self.gpu.alloc(0);
+        }
+        int("gram", n_out)?;
+        int("gram", batch * m * d)?;
+        let eps = match mode {
+            GramMode::Plain => 0.0,
+            GramMode::Cosine { eps } | GramMode::RowNormalized { eps } => eps,
+        };
+        let p = GramParams {
+            batch: batch as i32,
+            m: m as i32,
+            d: d as i32,
+            mode: matches!(mode, GramMode::Cosine { .. }) as i32,
+            eps,
+        };
+        let cfg = tiles64("gram", m, m, batch)?;
+        let mut g = self.gpu.alloc(n_out)?;
+        if p.mode == 1 {
+            let mut inv = self.gpu.alloc(batch * m)?;
+            k::row_inv_norm(&self.gpu, LaunchCfg::blocks(batch * m, 256), f, &mut inv, &p)?;
+            k::gram(&self.gpu, cfg, f, &inv, &mut g, &p)?;
+        } else {
+            k::gram(&self.gpu, cfg, f, f, &mut g, &p)?;
+        }
+        if let GramMode::RowNormalized { eps } = mode {
+            return self.normalize(&g, DimGeom { outer: batch * m, len: m, inner: 1 }, eps);
+        }
+        Ok(g)
+    }
+
+    /// AT attention maps: x [n, c, hw] -> [n, hw], `F.normalize(x.pow(2).mean(1).view(n, -1), dim=1, eps)`.
+    pub fn attention_map(&self, x: &Storage, n: usize, c: usize, hw: usize, eps: f32) -> Result<Storage> {
+        let mut a = self.gpu.alloc(n * hw)?;
+        if n * hw == 0 {
+            return Ok(a);
+        }
+        let p = norm_params("attention_map", &NormGeom { n, c, hw, eps, momentum: 0.0 })?;
+        k::at_map(&self.gpu, LaunchCfg::blocks(n, 256), x, &mut a, &p)?;
+        Ok(a)
+    }
+
+    /// ViT attention probabilities: softmax over keys of scale·q kᵀ, q [bh, tq, d], k [bh, tk, d]
+    /// -> [bh, tq, tk].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_scores(
+        &self,
+        q: &Storage,
+        k: &Storage,
+        bh: usize,
+        tq: usize,
+        tk: usize,
+        d: usize,
+        scale: f32,
+    ) -> Result<Storage> {
+        let mut s = self.gpu.alloc(bh * tq * tk)?;
+        if bh * tq * tk == 0 {
+            return Ok(s);
+        }
+        int("attention_scores", bh * tq * tk)?;
+        int("attention_scores", bh * tq.max(tk) * d)?;
+        let p = AttnParams { tq: tq as i32, tk: tk as i32, d: d as i32, scale };
+        k::attn_softmax(&self.gpu, LaunchCfg::blocks(bh * tq, 256), q, k, &mut s, &p)?;
+        Ok(s)
     }
 }
 
@@ -472,7 +557,7 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         if is_depthwise(g) {
             k::dw_conv_fwd(&self.gpu, LaunchCfg::linear(n_out), x, w, &mut y, &p)?;
         } else {
-            let cfg = conv_tiles("conv2d", g.n * g.h_out * g.w_out, g.c_out / g.groups, g.groups)?;
+            let cfg = tiles64("conv2d", g.n * g.h_out * g.w_out, g.c_out / g.groups, g.groups)?;
             k::conv_fwd(&self.gpu, cfg, x, w, &mut y, &p)?;
         }
         Ok(y)
@@ -487,7 +572,7 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         if is_depthwise(g) {
             k::dw_conv_bwd_data(&self.gpu, LaunchCfg::linear(n_in), dy, w, &mut dx, &p)?;
         } else {
-            let cfg = conv_tiles("conv2d_backward_data", g.n * g.h * g.w, g.c_in / g.groups, g.groups)?;
+            let cfg = tiles64("conv2d_backward_data", g.n * g.h * g.w, g.c_in / g.groups, g.groups)?;
             k::conv_bwd_data(&self.gpu, cfg, dy, w, &mut dx, &p)?;
         }
         Ok(dx)
@@ -506,7 +591,7 @@ impl<G: Gpu> Backend for GpuBackend<G> {
             return Ok(dw);
         }
         let cog = g.c_out / g.groups;
-        let mut cfg = conv_tiles("conv2d_backward_weight", taps, cog, g.groups)?;
+        let mut cfg = tiles64("conv2d_backward_weight", taps, cog, g.groups)?;
         let tiles = (cfg.grid[0] * cfg.grid[1] * cfg.grid[2]) as usize;
         let (splits, chunk) = weight_splits(pixels, tiles);
         p.k_chunk = int("conv2d_backward_weight", chunk)?;

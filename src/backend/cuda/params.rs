@@ -70,5 +70,9 @@ params! {
     }
     /// Adaptive pooling and interpolation; `mode` 0 nearest, 1 bilinear.
     pub struct ResizeParams { n: i32, c: i32, h: i32, w: i32, h_out: i32, w_out: i32, mode: i32 }
+    /// Gram matrices of F [batch, m, d]; `mode` 0 plain, 1 cosine (rows scaled by 1/max(|row|, eps)).
+    pub struct GramParams { batch: i32, m: i32, d: i32, mode: i32, eps: f32 }
+    /// Attention scores of q [bh, tq, d] against k [bh, tk, d], times `scale`, softmax over keys.
+    pub struct AttnParams { tq: i32, tk: i32, d: i32, scale: f32 }
     pub struct GemmParams { m: i32, n: i32, k: i32, trans_a: i32, trans_b: i32, stride_a: i64, stride_b: i64 }
 }
