@@ -19,8 +19,10 @@
         A(int, x_strides, KDS_MAX_RANK)
 #define KDS_SGD_PARAMS(F, A) \
     F(int, n) F(float, lr) F(float, momentum) F(float, weight_decay) F(int, nesterov) F(int, first_step)
-// y = alpha*x + beta*z (finite-difference hypergradient steps: theta +- eps*v, (g+ - g-)/(2 eps)).
-#define KDS_AXPBY_PARAMS(F, A) F(int, n) F(float, alpha) F(float, beta)
+// finite-difference hypergradient steps: theta +- eps*v, (g+ - g-)/(2 eps)
+#define KDS_FD_PARAMS(F, A) F(int, n) F(float, eps)
+// x viewed as [channels, len]; qmax = 2^bits - 1
+#define KDS_QUANT_PARAMS(F, A) F(int, channels) F(int, len) F(float, qmax)
 
 // ---- reductions over the middle axis of an [outer, len, inner] view ----
 #define KDS_AXIS_PARAMS(F, A) F(int, outer) F(int, len) F(int, inner) F(int, flag) F(float, eps)
@@ -74,7 +76,8 @@
     X(BinaryParams, KDS_BINARY_PARAMS)    \
     X(SumToParams, KDS_SUM_TO_PARAMS)     \
     X(SgdParams, KDS_SGD_PARAMS)          \
-    X(AxpbyParams, KDS_AXPBY_PARAMS)      \
+    X(FdParams, KDS_FD_PARAMS)            \
+    X(QuantParams, KDS_QUANT_PARAMS)      \
     X(AxisParams, KDS_AXIS_PARAMS)        \
     X(LossParams, KDS_LOSS_PARAMS)
 

@@ -15,11 +15,11 @@ use std::process::Command;
 use kdscout::backend::cuda::emu::{self, EmuGpu};
 use kdscout::backend::cuda::kernels::{self, tsan_only};
 use kdscout::backend::cuda::ops::GramMode;
-use kdscout::backend::cuda::params::{AxisParams, AxpbyParams};
+use kdscout::backend::cuda::params::AxisParams;
 use kdscout::backend::cuda::{Gpu, LaunchCfg};
 use kdscout::backend::{
-    Backend, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
-    SgdStep, UnaryOp,
+    Backend, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, QuantGeom,
+    ResizeGeom, SgdStep, UnaryOp,
 };
 use kdscout::rng::Rng;
 use kdscout::Device;
@@ -137,12 +137,12 @@ fn exercise_all() {
     finite(&emu_be.gram(&f, 2, 70, 37, GramMode::Cosine { eps: 1e-8 }).unwrap(), "gram");
     finite(&emu_be.attention_map(&f, 2, 7, 185, 1e-12).unwrap(), "attention_map");
     finite(&emu_be.attention_scores(&f, &f, 2, 3, 300, 8, 0.3).unwrap(), "attention_scores");
-    // axpby is not a Backend op yet (hypergradient steps): call its wrapper.
-    let gpu = EmuGpu;
-    let mut y = gpu.alloc(300).unwrap();
-    kernels::axpby(&gpu, LaunchCfg::linear(300), &x, &p, &mut y, &AxpbyParams { n: 300, alpha: 0.5, beta: -2.0 })
-        .unwrap();
-    finite(&y, "axpby");
+    // Hypergradient steps and fake quantisation (3 channels of 100: partial warps per block).
+    let (tp, tm) = be.fd_perturb(&x, &p, 1e-2).unwrap();
+    finite(&be.fd_combine(&tp, &tm, 1e-2).unwrap(), "fd_combine");
+    let qg = QuantGeom { channels: 3, len: 100, bits: 4 };
+    let (q, scale, zp) = be.fake_quant(&x, &qg).unwrap();
+    finite(&be.fake_quant_backward(&x, &q, &scale, &zp, &qg).unwrap(), "fake_quant_backward");
 
     let launched = emu::launched();
     let missing: Vec<&str> = kernels::ALL.iter().map(|k| k.name).filter(|n| !launched.contains(n)).collect();

@@ -12,6 +12,8 @@ mod determinism;
 #[macro_use]
 mod elementwise;
 #[macro_use]
+mod hypergrad;
+#[macro_use]
 mod layout;
 #[macro_use]
 mod matmul;
@@ -20,6 +22,8 @@ mod norm;
 #[macro_use]
 mod pool;
 #[macro_use]
+mod quant;
+#[macro_use]
 mod reduce;
 
 macro_rules! all_op_tests {
@@ -27,10 +31,12 @@ macro_rules! all_op_tests {
         conv_tests!($dev);
         determinism_tests!($dev);
         elementwise_tests!($dev);
+        hypergrad_tests!($dev);
         layout_tests!($dev);
         matmul_tests!($dev);
         norm_tests!($dev);
         pool_tests!($dev);
+        quant_tests!($dev);
         reduce_tests!($dev);
     };
 }

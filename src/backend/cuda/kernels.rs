@@ -102,10 +102,16 @@ kernels! {
         binary_bcast(a: i, b: i, y: o; BinaryParams);
         sum_to(x: i, y: o; SumToParams);
         add_assign(acc: o, x: i; ScalarParams);
-        axpby(x: i, z: i, y: o; AxpbyParams);
     }
     "optim" {
         sgd_step(param: o, grad: i, buf: o; SgdParams);
+        fd_perturb(theta: i, v: i, plus: o, minus: o; FdParams);
+        fd_combine(g_plus: i, g_minus: i, y: o; FdParams);
+    }
+    "quant" {
+        quant_range(x: i, scale: o, zero_point: o; QuantParams);
+        fake_quant_fwd(x: i, scale: i, zero_point: i, y: o; QuantParams);
+        fake_quant_bwd(x: i, dy: i, scale: i, zero_point: i, dx: o; QuantParams);
     }
     "reduce" {
         reduce_sum_rows(x: i, y: o; AxisParams);

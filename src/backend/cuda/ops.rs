@@ -7,8 +7,8 @@ use super::kernels as k;
 use super::params::*;
 use super::{Gpu, LaunchCfg};
 use crate::backend::{
-    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
-    SgdStep, Storage, UnaryOp,
+    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, QuantGeom,
+    ResizeGeom, SgdStep, Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 
@@ -154,6 +154,22 @@ fn interp_code(mode: InterpMode) -> i32 {
         InterpMode::Nearest => 0,
         InterpMode::Bilinear => 1,
     }
+}
+
+/// The common length of two operands of an elementwise op, or an error naming both.
+fn equal_lens(op: &'static str, a: (&str, &Storage), b: (&str, &Storage)) -> Result<usize> {
+    if a.1.len() != b.1.len() {
+        return Err(Error::invalid(
+            op,
+            format!("{} has {} elements and {} has {}; pass equal lengths", a.0, a.1.len(), b.0, b.1.len()),
+        ));
+    }
+    Ok(a.1.len())
+}
+
+fn quant_params(op: &'static str, g: &QuantGeom) -> Result<QuantParams> {
+    int(op, g.channels * g.len)?;
+    Ok(QuantParams { channels: g.channels as i32, len: g.len as i32, qmax: g.qmax() })
 }
 
 /// One input channel per group: the direct depthwise kernels (any channel multiplier).
@@ -836,6 +852,64 @@ impl<G: Gpu> Backend for GpuBackend<G> {
             first_step: step.first_step as i32,
         };
         k::sgd_step(&self.gpu, LaunchCfg::linear(n), param, grad, momentum_buf, &p)
+    }
+    fn fd_perturb(&self, theta: &Storage, v: &Storage, eps: f32) -> Result<(Storage, Storage)> {
+        let n = equal_lens("fd_perturb", ("theta", theta), ("v", v))?;
+        let (mut plus, mut minus) = (self.gpu.alloc(n)?, self.gpu.alloc(n)?);
+        if n > 0 {
+            let p = FdParams { n: int("fd_perturb", n)?, eps };
+            k::fd_perturb(&self.gpu, LaunchCfg::linear(n), theta, v, &mut plus, &mut minus, &p)?;
+        }
+        Ok((plus, minus))
+    }
+    fn fd_combine(&self, g_plus: &Storage, g_minus: &Storage, eps: f32) -> Result<Storage> {
+        let n = equal_lens("fd_combine", ("g_plus", g_plus), ("g_minus", g_minus))?;
+        if !(eps.is_finite() && eps != 0.0) {
+            return Err(Error::invalid("fd_combine", format!("step eps = {eps}: use a finite, non-zero step")));
+        }
+        let mut y = self.gpu.alloc(n)?;
+        if n > 0 {
+            let p = FdParams { n: int("fd_combine", n)?, eps };
+            k::fd_combine(&self.gpu, LaunchCfg::linear(n), g_plus, g_minus, &mut y, &p)?;
+        }
+        Ok(y)
+    }
+    fn fake_quant(&self, x: &Storage, g: &QuantGeom) -> Result<(Storage, Storage, Storage)> {
+        g.check("fake_quant", &[("x", x.len(), g.channels * g.len)])?;
+        let p = quant_params("fake_quant", g)?;
+        if g.len == 0 {
+            return Ok((self.gpu.alloc(0)?, self.full(g.channels, 1.0)?, self.full(g.channels, 0.0)?));
+        }
+        let (mut scale, mut zp, mut y) =
+            (self.gpu.alloc(g.channels)?, self.gpu.alloc(g.channels)?, self.gpu.alloc(x.len())?);
+        k::quant_range(&self.gpu, LaunchCfg::blocks(g.channels, 256), x, &mut scale, &mut zp, &p)?;
+        k::fake_quant_fwd(&self.gpu, LaunchCfg::linear(x.len()), x, &scale, &zp, &mut y, &p)?;
+        Ok((y, scale, zp))
+    }
+    fn fake_quant_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        zero_point: &Storage,
+        g: &QuantGeom,
+    ) -> Result<Storage> {
+        let n = g.channels * g.len;
+        g.check(
+            "fake_quant_backward",
+            &[
+                ("x", x.len(), n),
+                ("dy", dy.len(), n),
+                ("scale", scale.len(), g.channels),
+                ("zero_point", zero_point.len(), g.channels),
+            ],
+        )?;
+        let p = quant_params("fake_quant_backward", g)?;
+        let mut dx = self.gpu.alloc(n)?;
+        if n > 0 {
+            k::fake_quant_bwd(&self.gpu, LaunchCfg::linear(n), x, dy, scale, zero_point, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
         let n = acc.len();

@@ -49,7 +49,10 @@ params! {
         out_dims: [i32; MAX_RANK], red_dims: [i32; MAX_RANK], x_strides: [i32; MAX_RANK],
     }
     pub struct SgdParams { n: i32, lr: f32, momentum: f32, weight_decay: f32, nesterov: i32, first_step: i32 }
-    pub struct AxpbyParams { n: i32, alpha: f32, beta: f32 }
+    /// Finite-difference hypergradient steps (fd_perturb, fd_combine).
+    pub struct FdParams { n: i32, eps: f32 }
+    /// Fake quantisation of x viewed as [channels, len]; qmax = 2^bits - 1.
+    pub struct QuantParams { channels: i32, len: i32, qmax: f32 }
     /// Reductions over the middle axis of [outer, len, inner]; `flag` = log for softmax.
     pub struct AxisParams { outer: i32, len: i32, inner: i32, flag: i32, eps: f32 }
     pub struct LossParams { rows: i32, classes: i32, n: i32, inv_rows: f32 }
