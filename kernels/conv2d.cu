@@ -45,8 +45,8 @@ KERNEL void __launch_bounds__(256) conv_fwd(const float* __restrict__ x, const f
     const int g = blockIdx.z, kw_len = d.cig * d.khw;
     const float* wg = w + (long long)g * d.cog * kw_len;
     const float* xg = x + (long long)g * d.cig * d.hw;
-    tile_gemm<true, true>(
-        As, Bs, d.cog, p.n * d.howo, 0, kw_len, blockIdx.y * TG_M, blockIdx.x * TG_N,
+    tile_gemm(
+        As, Bs, true, true, d.cog, p.n * d.howo, 0, kw_len, blockIdx.y * TG_M, blockIdx.x * TG_N,
         [&](int r, int k) { return wg[(long long)r * kw_len + k]; },
         [&](int k, int col) {
             const int cl = k / d.khw, t = k - cl * d.khw, ky = t / p.kw, kx = t - ky * p.kw;
@@ -69,8 +69,8 @@ KERNEL void __launch_bounds__(256) conv_bwd_data(const float* __restrict__ dy, c
     const int g = blockIdx.z;
     const float* wg = w + (long long)g * d.cog * d.cig * d.khw;
     const float* dyg = dy + (long long)g * d.cog * d.howo;
-    tile_gemm<true, true>(
-        As, Bs, d.cig, p.n * d.hw, 0, d.cog * d.khw, blockIdx.y * TG_M, blockIdx.x * TG_N,
+    tile_gemm(
+        As, Bs, true, true, d.cig, p.n * d.hw, 0, d.cog * d.khw, blockIdx.y * TG_M, blockIdx.x * TG_N,
         // W^T: row = input channel cl, k = (output channel, tap).
         [&](int cl, int k) {
             const int co = k / d.khw, t = k - co * d.khw;
@@ -104,8 +104,8 @@ KERNEL void __launch_bounds__(256) conv_bwd_weight(const float* __restrict__ x, 
     const float* dyg = dy + (long long)g * d.cog * d.howo;
     const float* xg = x + (long long)g * d.cig * d.hw;
     float* out = dw + (long long)split * p.c_out * kw_len + (long long)g * d.cog * kw_len;
-    tile_gemm<true, false>(
-        As, Bs, d.cog, kw_len, k_begin, k_end, blockIdx.y * TG_M, blockIdx.x * TG_N,
+    tile_gemm(
+        As, Bs, true, false, d.cog, kw_len, k_begin, k_end, blockIdx.y * TG_M, blockIdx.x * TG_N,
         [&](int r, int pix) {
             const int img = pix / d.howo, q = pix - img * d.howo;
             return dyg[((long long)img * p.c_out + r) * d.howo + q];

@@ -29,8 +29,8 @@ KERNEL void __launch_bounds__(256) gram(const float* __restrict__ f, const float
     const float* F = f + (long long)blockIdx.z * p.m * p.d;
     const float* I = inv + (long long)blockIdx.z * p.m;
     float* G = g + (long long)blockIdx.z * p.m * p.m;
-    tile_gemm<true, false>(
-        As, Bs, p.m, p.m, 0, p.d, blockIdx.y * TG_M, blockIdx.x * TG_N,
+    tile_gemm(
+        As, Bs, true, false, p.m, p.m, 0, p.d, blockIdx.y * TG_M, blockIdx.x * TG_N,
         [&](int r, int k) { return F[(long long)r * p.d + k]; },
         [&](int k, int c) { return F[(long long)c * p.d + k]; },
         [&](int r, int c, float v) { G[(long long)r * p.m + c] = p.mode == 1 ? v * I[r] * I[c] : v; });

@@ -12,9 +12,11 @@
 // The kernel declares the two slices (TILE_GEMM_SHARED) and passes them in, so a kernel that
 // instantiates the core several times still holds one pair of slices in shared memory.
 //
-// A_K_FAST: consecutive threads load consecutive k of one row of op(A) (A stored k-contiguous),
-// else consecutive rows; B_N_FAST: consecutive threads load consecutive columns of op(B), else
-// consecutive k. Pick whichever makes neighbouring threads read neighbouring words.
+// a_k_fast: consecutive threads load consecutive k of one row of op(A) (A stored k-contiguous),
+// else consecutive rows; b_n_fast: consecutive threads load consecutive columns of op(B), else
+// consecutive k. Pick whichever makes neighbouring threads read neighbouring words. They are
+// runtime flags (constants fold where the caller passes literals) so that gemm's four
+// transpose layouts share one instantiation and one register budget.
 #pragma once
 #include "common.cuh"
 
@@ -28,9 +30,9 @@
     SHARED(float, As, TG_K * TG_LD); \
     SHARED(float, Bs, TG_K * TG_LD)
 
-template <bool A_K_FAST, bool B_N_FAST, class LoadA, class LoadB, class Store>
-__device__ __forceinline__ void tile_gemm(float* As, float* Bs, int m, int n, int k_begin, int k_end, int row0, int col0,
-                                          LoadA load_a, LoadB load_b, Store store) {
+template <class LoadA, class LoadB, class Store>
+__device__ __forceinline__ void tile_gemm(float* As, float* Bs, bool a_k_fast, bool b_n_fast, int m, int n, int k_begin,
+                                          int k_end, int row0, int col0, LoadA load_a, LoadB load_b, Store store) {
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
     float acc[4][4];
 #pragma unroll
@@ -43,12 +45,12 @@ __device__ __forceinline__ void tile_gemm(float* As, float* Bs, int m, int n, in
         for (int l = 0; l < 4; l++) {
             const int e = tid + l * 256;  // 0..1023 over the 64 x 16 slice
             int r, kk;
-            if (A_K_FAST) r = e / TG_K, kk = e % TG_K;
+            if (a_k_fast) r = e / TG_K, kk = e % TG_K;
             else r = e % TG_M, kk = e / TG_M;
             const int gr = row0 + r, gk = k0 + kk;
             As[kk * TG_LD + r] = (gr < m && gk < k_end) ? load_a(gr, gk) : 0.0f;
             int c;
-            if (B_N_FAST) c = e % TG_N, kk = e / TG_N;
+            if (b_n_fast) c = e % TG_N, kk = e / TG_N;
             else c = e / TG_K, kk = e % TG_K;
             const int gc = col0 + c, gk2 = k0 + kk;
             Bs[kk * TG_LD + c] = (gc < n && gk2 < k_end) ? load_b(gk2, gc) : 0.0f;
