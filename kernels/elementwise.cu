@@ -1,5 +1,5 @@
 // Elementwise kernels: fill, activations and their derivatives, broadcasting arithmetic, the
-// adjoint of broadcasting (sum_to), in-place accumulation and axpby.
+// adjoint of broadcasting (sum_to) and in-place accumulation.
 //
 // Launch geometry: 1-D, 256 threads a block, grid = min(ceil(n/256), 65535*8) blocks with a
 // grid-stride loop (GRID_STRIDE), so any n fits. sum_to runs one thread per output element.
@@ -141,10 +141,3 @@ KERNEL void __launch_bounds__(256) add_assign(float* __restrict__ acc, const flo
     GRID_STRIDE(i, p.n) acc[i] += x[i];
 }
 EMU_EXPORT(add_assign)
-
-// y = alpha*x + beta*z.
-KERNEL void __launch_bounds__(256) axpby(const float* __restrict__ x, const float* __restrict__ z, float* __restrict__ y,
-                                         AxpbyParams p) {
-    GRID_STRIDE(i, p.n) y[i] = p.alpha * x[i] + p.beta * z[i];
-}
-EMU_EXPORT(axpby)

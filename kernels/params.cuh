@@ -19,8 +19,10 @@
         A(int, x_strides, KDS_MAX_RANK)
 #define KDS_SGD_PARAMS(F, A) \
     F(int, n) F(float, lr) F(float, momentum) F(float, weight_decay) F(int, nesterov) F(int, first_step)
-// y = alpha*x + beta*z (finite-difference hypergradient steps: theta +- eps*v, (g+ - g-)/(2 eps)).
-#define KDS_AXPBY_PARAMS(F, A) F(int, n) F(float, alpha) F(float, beta)
+// finite-difference hypergradient steps: theta +- eps*v, (g+ - g-)/(2 eps)
+#define KDS_FD_PARAMS(F, A) F(int, n) F(float, eps)
+// x viewed as [channels, len]; qmax = 2^bits - 1
+#define KDS_QUANT_PARAMS(F, A) F(int, channels) F(int, len) F(float, qmax)
 
 // ---- reductions over the middle axis of an [outer, len, inner] view ----
 #define KDS_AXIS_PARAMS(F, A) F(int, outer) F(int, len) F(int, inner) F(int, flag) F(float, eps)
@@ -41,7 +43,30 @@
 // ---- normalisation: x viewed as [n, c, hw]; layer norm uses n = rows, c = cols, hw = 1 ----
 #define KDS_NORM_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(float, eps) F(float, momentum)
 
+// ---- conv2d: x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw], y [n, c_out, h_out, w_out];
+// conv_bwd_weight splits the n*h_out*w_out pixels into chunks of k_chunk (grid z = groups * splits)
+#define KDS_CONV_PARAMS(F, A)                                                                                  \
+    F(int, n) F(int, c_in) F(int, h) F(int, w) F(int, c_out) F(int, kh) F(int, kw) F(int, stride_h)           \
+        F(int, stride_w) F(int, pad_h) F(int, pad_w) F(int, groups) F(int, h_out) F(int, w_out) F(int, k_chunk)
+
+// ---- pooling and resampling: x [n, c, h, w] -> [n, c, h_out, w_out] ----
+// kind: PoolCode in pool.cu (0 max, 1 average with count_include_pad, 2 average without)
+#define KDS_POOL_PARAMS(F, A)                                                                                     \
+    F(int, n) F(int, c) F(int, h) F(int, w) F(int, kh) F(int, kw) F(int, stride_h) F(int, stride_w) F(int, pad_h) \
+        F(int, pad_w) F(int, h_out) F(int, w_out) F(int, kind)
+// mode: InterpCode in pool.cu (0 nearest, 1 bilinear); unused by adaptive pooling
+#define KDS_RESIZE_PARAMS(F, A) F(int, n) F(int, c) F(int, h) F(int, w) F(int, h_out) F(int, w_out) F(int, mode)
+
+// ---- Gram / cosine matrices of F [batch, m, d] (mode 0 plain, 1 cosine), attention scores ----
+#define KDS_GRAM_PARAMS(F, A) F(int, batch) F(int, m) F(int, d) F(int, mode) F(float, eps)
+#define KDS_ATTN_PARAMS(F, A) F(int, tq) F(int, tk) F(int, d) F(float, scale)
+
 #define KDS_ALL_PARAMS(X)                 \
+    X(GramParams, KDS_GRAM_PARAMS)        \
+    X(AttnParams, KDS_ATTN_PARAMS)        \
+    X(PoolParams, KDS_POOL_PARAMS)        \
+    X(ResizeParams, KDS_RESIZE_PARAMS)    \
+    X(ConvParams, KDS_CONV_PARAMS)        \
     X(NormParams, KDS_NORM_PARAMS)        \
     X(PermuteParams, KDS_PERMUTE_PARAMS)  \
     X(SliceParams, KDS_SLICE_PARAMS)      \
@@ -51,7 +76,8 @@
     X(BinaryParams, KDS_BINARY_PARAMS)    \
     X(SumToParams, KDS_SUM_TO_PARAMS)     \
     X(SgdParams, KDS_SGD_PARAMS)          \
-    X(AxpbyParams, KDS_AXPBY_PARAMS)      \
+    X(FdParams, KDS_FD_PARAMS)            \
+    X(QuantParams, KDS_QUANT_PARAMS)      \
     X(AxisParams, KDS_AXIS_PARAMS)        \
     X(LossParams, KDS_LOSS_PARAMS)
 

@@ -14,9 +14,13 @@ use std::process::Command;
 
 use kdscout::backend::cuda::emu::{self, EmuGpu};
 use kdscout::backend::cuda::kernels::{self, tsan_only};
-use kdscout::backend::cuda::params::{AxisParams, AxpbyParams};
+use kdscout::backend::cuda::ops::GramMode;
+use kdscout::backend::cuda::params::AxisParams;
 use kdscout::backend::cuda::{Gpu, LaunchCfg};
-use kdscout::backend::{Backend, BinaryOp, DimGeom, MatmulGeom, NormGeom, SgdStep, UnaryOp};
+use kdscout::backend::{
+    Backend, BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, QuantGeom,
+    ResizeGeom, SgdStep, UnaryOp,
+};
 use kdscout::rng::Rng;
 use kdscout::Device;
 
@@ -103,12 +107,42 @@ fn exercise_all() {
     let (y, mean, inv) = be.layer_norm(&bx, &lgam, &lbet, &lg).unwrap();
     let (dx, _, _) = be.layer_norm_backward(&bx, &y, &lgam, &mean, &inv, &lg).unwrap();
     finite(&dx, "layer_norm_backward");
-    // axpby is not a Backend op yet (hypergradient steps): call its wrapper.
-    let gpu = EmuGpu;
-    let mut y = gpu.alloc(300).unwrap();
-    kernels::axpby(&gpu, LaunchCfg::linear(300), &x, &p, &mut y, &AxpbyParams { n: 300, alpha: 0.5, beta: -2.0 })
-        .unwrap();
-    finite(&y, "axpby");
+    // Convolutions: grouped implicit GEMM (70 output channels per group: two row tiles; 162
+    // pixels: three column tiles; 300 pixels for the weight gradient: three split-K slabs), and
+    // depthwise with a channel multiplier.
+    for g in [Conv2dGeom::square(3, 4, 10, 10, 140, 3, 2, 1, 2), Conv2dGeom::square(3, 3, 10, 10, 6, 3, 1, 1, 3)] {
+        let (xc, wc) = (up(g.n * g.c_in * g.h * g.w, 15), up(g.c_out * g.c_in / g.groups * g.kh * g.kw, 16));
+        let y = be.conv2d(&xc, &wc, &g).unwrap();
+        finite(&be.conv2d_backward_data(&y, &wc, &g).unwrap(), "conv2d_backward_data");
+        finite(&be.conv2d_backward_weight(&xc, &y, &g).unwrap(), "conv2d_backward_weight");
+    }
+    // Pooling and resampling on [2, 3, 9, 7] maps (378 elements: two blocks, a partial warp).
+    let xp = up(2 * 3 * 9 * 7, 17);
+    let pg = Pool2dGeom { n: 2, c: 3, h: 9, w: 7, kernel: (3, 3), stride: (2, 2), pad: (1, 1), h_out: 5, w_out: 4 };
+    for kind in [PoolKind::Max, PoolKind::Avg { count_include_pad: true }] {
+        let y = be.pool2d(kind, &xp, &pg).unwrap();
+        finite(&be.pool2d_backward(kind, &xp, &y, &pg).unwrap(), "pool2d_backward");
+    }
+    let rg = ResizeGeom { n: 2, c: 3, h: 9, w: 7, h_out: 4, w_out: 11 };
+    let y = be.adaptive_avg_pool2d(&xp, &rg).unwrap();
+    finite(&be.adaptive_avg_pool2d_backward(&y, &rg).unwrap(), "adaptive_avg_pool2d_backward");
+    for mode in [InterpMode::Nearest, InterpMode::Bilinear] {
+        let y = be.interpolate(mode, &xp, &rg).unwrap();
+        finite(&be.interpolate_backward(mode, &y, &rg).unwrap(), "interpolate_backward");
+    }
+    // Proxy kernels outside the Backend trait: cosine Gram of 70 rows (two tiles each way, three
+    // k-steps), AT maps over 300 positions (two per thread for some), attention over 300 keys.
+    let emu_be = kdscout::backend::cuda::GpuBackend { gpu: EmuGpu };
+    let f = up(2 * 70 * 37, 18);
+    finite(&emu_be.gram(&f, 2, 70, 37, GramMode::Cosine { eps: 1e-8 }).unwrap(), "gram");
+    finite(&emu_be.attention_map(&f, 2, 7, 185, 1e-12).unwrap(), "attention_map");
+    finite(&emu_be.attention_scores(&f, &f, 2, 3, 300, 8, 0.3).unwrap(), "attention_scores");
+    // Hypergradient steps and fake quantisation (3 channels of 100: partial warps per block).
+    let (tp, tm) = be.fd_perturb(&x, &p, 1e-2).unwrap();
+    finite(&be.fd_combine(&tp, &tm, 1e-2).unwrap(), "fd_combine");
+    let qg = QuantGeom { channels: 3, len: 100, bits: 4 };
+    let (q, scale, zp) = be.fake_quant(&x, &qg).unwrap();
+    finite(&be.fake_quant_backward(&x, &q, &scale, &zp, &qg).unwrap(), "fake_quant_backward");
 
     let launched = emu::launched();
     let missing: Vec<&str> = kernels::ALL.iter().map(|k| k.name).filter(|n| !launched.contains(n)).collect();

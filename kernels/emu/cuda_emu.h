@@ -232,3 +232,12 @@ inline T max(T a, T b) {
     return a < b ? b : a;
 }
 inline float __ldg(const float* p) { return *p; }
+// Round-to-nearest products and sums that the compiler must not contract into an FMA.
+inline float __fmul_rn(float a, float b) {
+    volatile float r = a * b;
+    return r;
+}
+inline float __fadd_rn(float a, float b) {
+    volatile float r = a + b;
+    return r;
+}

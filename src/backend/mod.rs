@@ -356,6 +356,40 @@ pub struct SgdStep {
     pub first_step: bool,
 }
 
+/// Fake quantisation of x viewed as [channels, len] (channel axis first, as in a weight
+/// [c_out, ...]; per-tensor quantisation is `channels = 1`), to `bits` unsigned levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantGeom {
+    pub channels: usize,
+    pub len: usize,
+    pub bits: u32,
+}
+
+impl QuantGeom {
+    /// Rejects bit widths outside 1..=16 and storages of another size, naming the fix.
+    pub fn check(&self, op: &'static str, lens: &[(&str, usize, usize)]) -> Result<()> {
+        if !(1..=16).contains(&self.bits) {
+            return Err(Error::invalid(op, format!("bit width {}: use 1 to 16 bits", self.bits)));
+        }
+        for &(what, got, want) in lens {
+            if got != want {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "{what} has {got} elements, expected {want} for {} channels of {}",
+                        self.channels, self.len
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+    /// The largest quantised level, 2^bits − 1.
+    pub fn qmax(&self) -> f32 {
+        ((1u32 << self.bits) - 1) as f32
+    }
+}
+
 /// The op set every device implements. Forward ops return fresh storage; backward ops return
 /// the gradient of their inputs. Index layouts are documented at each geometry struct.
 pub trait Backend: Send + Sync {
@@ -478,6 +512,29 @@ pub trait Backend: Send + Sync {
     // ---- optimisation ----
     /// One fused SGD pass: weight decay, momentum, Nesterov and the update, per element.
     fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()>;
+
+    // ---- finite-difference hypergradient (DARTS-style, see METHODS.md §3.3) ----
+    /// θ⁺ = θ + ε·v and θ⁻ = θ − ε·v in one pass (same lengths).
+    fn fd_perturb(&self, theta: &Storage, v: &Storage, eps: f32) -> Result<(Storage, Storage)>;
+    /// (g⁺ − g⁻) / (2ε), elementwise.
+    fn fd_combine(&self, g_plus: &Storage, g_minus: &Storage, eps: f32) -> Result<Storage>;
+
+    // ---- quantisation ----
+    /// Asymmetric min/max fake quantisation per channel, PyTorch's formulas in f32: range
+    /// [min(x, 0), max(x, 0)], scale = max(range/qmax, f32::EPSILON), zero point =
+    /// clamp(−round(min/scale), 0, qmax), y = (clamp(round(x·(1/scale)) + zp, 0, qmax) − zp)·scale
+    /// with round half to even. Returns (y, scale, zero point) with one scale and zero point per
+    /// channel.
+    fn fake_quant(&self, x: &Storage, g: &QuantGeom) -> Result<(Storage, Storage, Storage)>;
+    /// Straight-through estimator: dx = dy where round(x·(1/scale)) + zp lies in [0, qmax], else 0.
+    fn fake_quant_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        zero_point: &Storage,
+        g: &QuantGeom,
+    ) -> Result<Storage>;
 
     // ---- gradient accumulation ----
     /// acc[i] += x[i] in place (same length): autograd's accumulation of a gradient into one it

@@ -12,6 +12,8 @@ mod determinism;
 #[macro_use]
 mod elementwise;
 #[macro_use]
+mod hypergrad;
+#[macro_use]
 mod layout;
 #[macro_use]
 mod matmul;
@@ -20,6 +22,8 @@ mod norm;
 #[macro_use]
 mod pool;
 #[macro_use]
+mod quant;
+#[macro_use]
 mod reduce;
 
 macro_rules! all_op_tests {
@@ -27,10 +31,12 @@ macro_rules! all_op_tests {
         conv_tests!($dev);
         determinism_tests!($dev);
         elementwise_tests!($dev);
+        hypergrad_tests!($dev);
         layout_tests!($dev);
         matmul_tests!($dev);
         norm_tests!($dev);
         pool_tests!($dev);
+        quant_tests!($dev);
         reduce_tests!($dev);
     };
 }
@@ -40,25 +46,15 @@ mod cpu {
 }
 
 /// The CUDA kernels, executed on the emulator (one fiber per CUDA thread; fresh device buffers
-/// are NaN, so unwritten outputs fail). The families listed here are the ones whose ops all
-/// have kernels; the list grows as kernels land until it is `all_op_tests!`. An op without a
-/// kernel returns "op X has no CUDA kernel yet" instead of running on the CPU.
+/// are NaN, so unwritten outputs fail): every family. Nothing falls back to the CPU.
 #[cfg(feature = "cuda-emu")]
 mod emu {
-    elementwise_tests!(kdscout::Device::CudaEmu);
-    layout_tests!(kdscout::Device::CudaEmu);
-    matmul_tests!(kdscout::Device::CudaEmu);
-    norm_tests!(kdscout::Device::CudaEmu);
-    reduce_tests!(kdscout::Device::CudaEmu);
+    all_op_tests!(kdscout::Device::CudaEmu);
 }
 
 /// The same families on a real GPU (`scripts/gpu-check.sh` on a machine that has one; the cfg
 /// keeps them out of builds that cannot run them).
 #[cfg(all(feature = "cuda", kdscout_gpu))]
 mod gpu {
-    elementwise_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    layout_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    matmul_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    norm_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
-    reduce_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
+    all_op_tests!(kdscout::Device::parse("cuda").expect("a usable GPU"));
 }

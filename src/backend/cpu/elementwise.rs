@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::PAR_MIN_ELEMS;
 use crate::backend::{BinaryOp, SgdStep, UnaryOp};
+use crate::error::{Error, Result};
 
 const CHUNK: usize = 1 << 14;
 
@@ -290,4 +291,33 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     } else {
         acc.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(a, b)| body(a, b));
     }
+}
+
+/// Lengths of two operands of an elementwise op, or an error naming both.
+fn same_len(op: &'static str, a: (&str, usize), b: (&str, usize)) -> Result<()> {
+    if a.1 != b.1 {
+        return Err(Error::invalid(
+            op,
+            format!("{} has {} elements and {} has {}; pass equal lengths", a.0, a.1, b.0, b.1),
+        ));
+    }
+    Ok(())
+}
+
+/// θ⁺ = θ + ε·v, θ⁻ = θ − ε·v (the two perturbed weights of the finite-difference hypergradient).
+pub fn fd_perturb(theta: &[f32], v: &[f32], eps: f32) -> Result<(Vec<f32>, Vec<f32>)> {
+    same_len("fd_perturb", ("theta", theta.len()), ("v", v.len()))?;
+    let plus = theta.iter().zip(v).map(|(&t, &d)| t + eps * d).collect();
+    let minus = theta.iter().zip(v).map(|(&t, &d)| t - eps * d).collect();
+    Ok((plus, minus))
+}
+
+/// (g⁺ − g⁻) / (2ε): the difference first (exact when g⁺ ≈ g⁻), then one division.
+pub fn fd_combine(g_plus: &[f32], g_minus: &[f32], eps: f32) -> Result<Vec<f32>> {
+    same_len("fd_combine", ("g_plus", g_plus.len()), ("g_minus", g_minus.len()))?;
+    if !(eps.is_finite() && eps != 0.0) {
+        return Err(Error::invalid("fd_combine", format!("step eps = {eps}: use a finite, non-zero step")));
+    }
+    let two_eps = eps + eps;
+    Ok(g_plus.iter().zip(g_minus).map(|(&p, &m)| (p - m) / two_eps).collect())
 }

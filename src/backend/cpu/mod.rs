@@ -9,11 +9,12 @@ pub mod layout;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod quant;
 pub mod reduce;
 
 use super::{
-    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
-    SgdStep, Storage, UnaryOp,
+    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, QuantGeom,
+    ResizeGeom, SgdStep, Storage, UnaryOp,
 };
 use crate::error::Result;
 
@@ -244,6 +245,26 @@ impl Backend for CpuBackend {
     fn sgd_step(&self, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage, step: &SgdStep) -> Result<()> {
         elementwise::sgd_step(param.as_cpu_mut()?, grad.as_cpu()?, momentum_buf.as_cpu_mut()?, step);
         Ok(())
+    }
+    fn fd_perturb(&self, theta: &Storage, v: &Storage, eps: f32) -> Result<(Storage, Storage)> {
+        let (plus, minus) = elementwise::fd_perturb(theta.as_cpu()?, v.as_cpu()?, eps)?;
+        Ok((cpu(plus), cpu(minus)))
+    }
+    fn fd_combine(&self, g_plus: &Storage, g_minus: &Storage, eps: f32) -> Result<Storage> {
+        Ok(cpu(elementwise::fd_combine(g_plus.as_cpu()?, g_minus.as_cpu()?, eps)?))
+    }
+    fn fake_quant(&self, x: &Storage, g: &QuantGeom) -> Result<(Storage, Storage, Storage)> {
+        Ok(triple(quant::fake_quant(x.as_cpu()?, g)?))
+    }
+    fn fake_quant_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        zero_point: &Storage,
+        g: &QuantGeom,
+    ) -> Result<Storage> {
+        Ok(cpu(quant::fake_quant_backward(x.as_cpu()?, dy.as_cpu()?, scale.as_cpu()?, zero_point.as_cpu()?, g)?))
     }
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
         elementwise::add_assign(acc.as_cpu_mut()?, x.as_cpu()?);

@@ -102,10 +102,16 @@ kernels! {
         binary_bcast(a: i, b: i, y: o; BinaryParams);
         sum_to(x: i, y: o; SumToParams);
         add_assign(acc: o, x: i; ScalarParams);
-        axpby(x: i, z: i, y: o; AxpbyParams);
     }
     "optim" {
         sgd_step(param: o, grad: i, buf: o; SgdParams);
+        fd_perturb(theta: i, v: i, plus: o, minus: o; FdParams);
+        fd_combine(g_plus: i, g_minus: i, y: o; FdParams);
+    }
+    "quant" {
+        quant_range(x: i, scale: o, zero_point: o; QuantParams);
+        fake_quant_fwd(x: i, scale: i, zero_point: i, y: o; QuantParams);
+        fake_quant_bwd(x: i, dy: i, scale: i, zero_point: i, dx: o; QuantParams);
     }
     "reduce" {
         reduce_sum_rows(x: i, y: o; AxisParams);
@@ -129,6 +135,30 @@ kernels! {
     }
     "gemm" {
         gemm(a: i, b: i, c: o; GemmParams);
+    }
+    "conv2d" {
+        conv_fwd(x: i, w: i, y: o; ConvParams);
+        conv_bwd_data(dy: i, w: i, dx: o; ConvParams);
+        conv_bwd_weight(x: i, dy: i, dw: o; ConvParams);
+        dw_conv_fwd(x: i, w: i, y: o; ConvParams);
+        dw_conv_bwd_data(dy: i, w: i, dx: o; ConvParams);
+        dw_conv_bwd_weight(x: i, dy: i, dw: o; ConvParams);
+    }
+    "pool" {
+        pool_fwd(x: i, y: o; PoolParams);
+        pool_bwd(x: i, dy: i, dx: o; PoolParams);
+        adaptive_avg_fwd(x: i, y: o; ResizeParams);
+        adaptive_avg_bwd(dy: i, dx: o; ResizeParams);
+        interp_fwd(x: i, y: o; ResizeParams);
+        interp_bwd(dy: i, dx: o; ResizeParams);
+    }
+    "gram" {
+        row_inv_norm(f: i, inv: o; GramParams);
+        gram(f: i, inv: i, g: o; GramParams);
+    }
+    "attention" {
+        at_map(x: i, a: o; NormParams);
+        attn_softmax(q: i, k: i, s: o; AttnParams);
     }
     "norm" {
         bn_stats(x: i, mean: o, invstd: o, running_mean: o, running_var: o, shift: o; NormParams);

@@ -9,8 +9,7 @@
 //!
 //! [`ops::GpuBackend`] implements the op set once for any [`Gpu`]: it checks sizes, fills the
 //! `#[repr(C)]` parameter structs ([`params`]), picks launch shapes and calls the typed launch
-//! wrappers ([`kernels`]). Ops without a kernel yet return `Error::Device` ("op X has no CUDA
-//! kernel yet"); nothing falls back to the CPU.
+//! wrappers ([`kernels`]). Every op has its kernels; nothing falls back to the CPU.
 
 pub mod kernels;
 pub mod ops;

@@ -1,24 +1,20 @@
 //! The op set on any [`Gpu`]: size checks, parameter structs, launch shapes, and the calls to
 //! the typed launch wrappers. Geometry is already checked by `Tensor`; this layer only refuses
-//! what the kernels cannot represent (2^31 elements or more, rank above 8) and ops whose kernels
-//! do not exist yet, each with an error naming the op.
+//! what the kernels cannot represent (2^31 elements or more, rank above 8), with an error naming
+//! the op. Every op of the trait has its kernels; nothing runs on the CPU.
 
 use super::kernels as k;
 use super::params::*;
 use super::{Gpu, LaunchCfg};
 use crate::backend::{
-    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom,
-    SgdStep, Storage, UnaryOp,
+    Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, QuantGeom,
+    ResizeGeom, SgdStep, Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 
 /// The kernels as a `Backend` on device `G`.
 pub struct GpuBackend<G: Gpu> {
     pub gpu: G,
-}
-
-fn no_kernel<T>(op: &'static str) -> Result<T> {
-    Err(Error::Device { op, detail: format!("op {op} has no CUDA kernel yet") })
 }
 
 /// A count as the kernels' int, or an error naming the op.
@@ -86,6 +82,124 @@ fn broadcast_strides(dims: &[usize], out: &[usize]) -> [i32; MAX_RANK] {
         s *= dims[i];
     }
     strides
+}
+
+fn conv_params(op: &'static str, g: &Conv2dGeom) -> Result<ConvParams> {
+    int(op, g.n * g.c_in * g.h * g.w)?;
+    int(op, g.n * g.c_out * g.h_out * g.w_out)?;
+    int(op, g.c_out * (g.c_in / g.groups) * g.kh * g.kw)?;
+    Ok(ConvParams {
+        n: g.n as i32,
+        c_in: g.c_in as i32,
+        h: g.h as i32,
+        w: g.w as i32,
+        c_out: g.c_out as i32,
+        kh: int(op, g.kh)?,
+        kw: int(op, g.kw)?,
+        stride_h: int(op, g.stride.0)?,
+        stride_w: int(op, g.stride.1)?,
+        pad_h: int(op, g.pad.0)?,
+        pad_w: int(op, g.pad.1)?,
+        groups: int(op, g.groups)?,
+        h_out: g.h_out as i32,
+        w_out: g.w_out as i32,
+        k_chunk: int(op, g.n * g.h_out * g.w_out)?,
+    })
+}
+
+fn pool_params(op: &'static str, kind: PoolKind, g: &Pool2dGeom) -> Result<PoolParams> {
+    int(op, g.n * g.c * g.h * g.w)?;
+    int(op, g.n * g.c * g.h_out * g.w_out)?;
+    Ok(PoolParams {
+        n: g.n as i32,
+        c: g.c as i32,
+        h: g.h as i32,
+        w: g.w as i32,
+        kh: int(op, g.kernel.0)?,
+        kw: int(op, g.kernel.1)?,
+        stride_h: int(op, g.stride.0)?,
+        stride_w: int(op, g.stride.1)?,
+        pad_h: int(op, g.pad.0)?,
+        pad_w: int(op, g.pad.1)?,
+        h_out: g.h_out as i32,
+        w_out: g.w_out as i32,
+        kind: match kind {
+            PoolKind::Max => 0,
+            PoolKind::Avg { count_include_pad: true } => 1,
+            PoolKind::Avg { count_include_pad: false } => 2,
+        },
+    })
+}
+
+fn resize_params(op: &'static str, mode: i32, g: &ResizeGeom) -> Result<ResizeParams> {
+    int(op, g.n * g.c * g.h * g.w)?;
+    int(op, g.n * g.c * g.h_out * g.w_out)?;
+    if g.h == 0 || g.w == 0 {
+        return Err(Error::invalid(op, format!("empty {}x{} input map: nothing to resample", g.h, g.w)));
+    }
+    // Products of indices with sizes (adaptive bins) are taken in 64 bits by the kernels.
+    Ok(ResizeParams {
+        n: g.n as i32,
+        c: g.c as i32,
+        h: g.h as i32,
+        w: g.w as i32,
+        h_out: g.h_out as i32,
+        w_out: g.w_out as i32,
+        mode,
+    })
+}
+
+fn interp_code(mode: InterpMode) -> i32 {
+    match mode {
+        InterpMode::Nearest => 0,
+        InterpMode::Bilinear => 1,
+    }
+}
+
+/// The common length of two operands of an elementwise op, or an error naming both.
+fn equal_lens(op: &'static str, a: (&str, &Storage), b: (&str, &Storage)) -> Result<usize> {
+    if a.1.len() != b.1.len() {
+        return Err(Error::invalid(
+            op,
+            format!("{} has {} elements and {} has {}; pass equal lengths", a.0, a.1.len(), b.0, b.1.len()),
+        ));
+    }
+    Ok(a.1.len())
+}
+
+fn quant_params(op: &'static str, g: &QuantGeom) -> Result<QuantParams> {
+    int(op, g.channels * g.len)?;
+    Ok(QuantParams { channels: g.channels as i32, len: g.len as i32, qmax: g.qmax() })
+}
+
+/// One input channel per group: the direct depthwise kernels (any channel multiplier).
+fn is_depthwise(g: &Conv2dGeom) -> bool {
+    g.groups == g.c_in
+}
+
+/// The grid of the tiled GEMM core: 64 x 64 tiles of a (rows x cols) result, `z` of them
+/// (groups, batch).
+fn tiles64(op: &'static str, cols: usize, rows: usize, z: usize) -> Result<LaunchCfg> {
+    let (gx, gy) = (cols.div_ceil(64), rows.div_ceil(64));
+    if gy > 65535 || z > 65535 {
+        return Err(Error::Device {
+            op,
+            detail: format!("{gy} row tiles of {rows} rows or {z} groups/batches above the CUDA grid limit of 65535"),
+        });
+    }
+    Ok(LaunchCfg { grid: [int(op, gx)? as u32, gy as u32, z as u32], block: [256, 1, 1], smem: 0 })
+}
+
+/// Split-K of conv_bwd_weight over its `pixels` reduction: chunks of at least 128 pixels (a
+/// multiple of the 16-deep k-step), as many as it takes for the `tiles` output tiles to make
+/// ~264 blocks (two per H100 SM), at most 256. Depends only on the geometry, so the summation
+/// order, and with it every bit of the result, is the same on every run.
+fn weight_splits(pixels: usize, tiles: usize) -> (usize, usize) {
+    const MIN_CHUNK: usize = 128;
+    let want = (264 / tiles.max(1)).clamp(1, 256);
+    let splits = pixels.div_ceil(MIN_CHUNK).min(want).max(1);
+    let chunk = pixels.div_ceil(splits).div_ceil(16) * 16;
+    (pixels.div_ceil(chunk), chunk)
 }
 
 /// Kernels over the middle axis come as a pair: one block per contiguous line (`rows`, inner
@@ -174,6 +288,90 @@ impl<G: Gpu> GpuBackend<G> {
             n: int(op, n)?,
             inv_rows: 1.0 / rows.max(1) as f32,
         })
+    }
+}
+
+/// What [`GpuBackend::gram`] computes from the rows of F [batch, m, d].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GramMode {
+    /// F Fᵀ.
+    Plain,
+    /// Cosine similarities: F Fᵀ with row i scaled by 1/max(‖F_i‖, eps) (fused in the epilogue).
+    Cosine { eps: f32 },
+    /// SP's kernel: each row of F Fᵀ L2-normalised, `F.normalize(F Fᵀ, dim=1, eps)`.
+    RowNormalized { eps: f32 },
+}
+
+/// Proxy and distillation kernels that are not `Backend` ops (yet): Gram and cosine matrices,
+/// attention maps, attention scores. Sizes are the caller's to get right, as for the ops.
+impl<G: Gpu> GpuBackend<G> {
+    /// G [batch, m, m] from F [batch, m, d] (see [`GramMode`]).
+    pub fn gram(&self, f: &Storage, batch: usize, m: usize, d: usize, mode: GramMode) -> Result<Storage> {
+        let n_out = batch * m * m;
+        if n_out == 0 {
+            return self.gpu.alloc(0);
+        }
+        int("gram", n_out)?;
+        int("gram", batch * m * d)?;
+        let eps = match mode {
+            GramMode::Plain => 0.0,
+            GramMode::Cosine { eps } | GramMode::RowNormalized { eps } => eps,
+        };
+        let p = GramParams {
+            batch: batch as i32,
+            m: m as i32,
+            d: d as i32,
+            mode: matches!(mode, GramMode::Cosine { .. }) as i32,
+            eps,
+        };
+        let cfg = tiles64("gram", m, m, batch)?;
+        let mut g = self.gpu.alloc(n_out)?;
+        if p.mode == 1 {
+            let mut inv = self.gpu.alloc(batch * m)?;
+            k::row_inv_norm(&self.gpu, LaunchCfg::blocks(batch * m, 256), f, &mut inv, &p)?;
+            k::gram(&self.gpu, cfg, f, &inv, &mut g, &p)?;
+        } else {
+            k::gram(&self.gpu, cfg, f, f, &mut g, &p)?;
+        }
+        if let GramMode::RowNormalized { eps } = mode {
+            return self.normalize(&g, DimGeom { outer: batch * m, len: m, inner: 1 }, eps);
+        }
+        Ok(g)
+    }
+
+    /// AT attention maps: x [n, c, hw] -> [n, hw], `F.normalize(x.pow(2).mean(1).view(n, -1), dim=1, eps)`.
+    pub fn attention_map(&self, x: &Storage, n: usize, c: usize, hw: usize, eps: f32) -> Result<Storage> {
+        let mut a = self.gpu.alloc(n * hw)?;
+        if n * hw == 0 {
+            return Ok(a);
+        }
+        let p = norm_params("attention_map", &NormGeom { n, c, hw, eps, momentum: 0.0 })?;
+        k::at_map(&self.gpu, LaunchCfg::blocks(n, 256), x, &mut a, &p)?;
+        Ok(a)
+    }
+
+    /// ViT attention probabilities: softmax over keys of scale·q kᵀ, q [bh, tq, d], k [bh, tk, d]
+    /// -> [bh, tq, tk].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_scores(
+        &self,
+        q: &Storage,
+        k: &Storage,
+        bh: usize,
+        tq: usize,
+        tk: usize,
+        d: usize,
+        scale: f32,
+    ) -> Result<Storage> {
+        let mut s = self.gpu.alloc(bh * tq * tk)?;
+        if bh * tq * tk == 0 {
+            return Ok(s);
+        }
+        int("attention_scores", bh * tq * tk)?;
+        int("attention_scores", bh * tq.max(tk) * d)?;
+        let p = AttnParams { tq: tq as i32, tk: tk as i32, d: d as i32, scale };
+        k::attn_softmax(&self.gpu, LaunchCfg::blocks(bh * tq, 256), q, k, &mut s, &p)?;
+        Ok(s)
     }
 }
 
@@ -361,37 +559,129 @@ impl<G: Gpu> Backend for GpuBackend<G> {
             stride_a: if g.a_broadcast { 0 } else { (g.m * g.k) as i64 },
             stride_b: if g.b_broadcast { 0 } else { (g.k * g.n) as i64 },
         };
-        let cfg = LaunchCfg { grid: [gx as u32, gy as u32, g.batch as u32], block: [16, 16, 1], smem: 0 };
+        let cfg = LaunchCfg { grid: [gx as u32, gy as u32, g.batch as u32], block: [256, 1, 1], smem: 0 };
         k::gemm(&self.gpu, cfg, a, b, &mut c, &p)?;
         Ok(c)
     }
-    fn conv2d(&self, _x: &Storage, _w: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
-        no_kernel("conv2d")
+    fn conv2d(&self, x: &Storage, w: &Storage, g: &Conv2dGeom) -> Result<Storage> {
+        let n_out = g.n * g.c_out * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out == 0 {
+            return Ok(y);
+        }
+        let p = conv_params("conv2d", g)?;
+        if is_depthwise(g) {
+            k::dw_conv_fwd(&self.gpu, LaunchCfg::linear(n_out), x, w, &mut y, &p)?;
+        } else {
+            let cfg = tiles64("conv2d", g.n * g.h_out * g.w_out, g.c_out / g.groups, g.groups)?;
+            k::conv_fwd(&self.gpu, cfg, x, w, &mut y, &p)?;
+        }
+        Ok(y)
     }
-    fn conv2d_backward_data(&self, _dy: &Storage, _w: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
-        no_kernel("conv2d_backward_data")
+    fn conv2d_backward_data(&self, dy: &Storage, w: &Storage, g: &Conv2dGeom) -> Result<Storage> {
+        let n_in = g.n * g.c_in * g.h * g.w;
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in == 0 {
+            return Ok(dx);
+        }
+        let p = conv_params("conv2d_backward_data", g)?;
+        if is_depthwise(g) {
+            k::dw_conv_bwd_data(&self.gpu, LaunchCfg::linear(n_in), dy, w, &mut dx, &p)?;
+        } else {
+            let cfg = tiles64("conv2d_backward_data", g.n * g.h * g.w, g.c_in / g.groups, g.groups)?;
+            k::conv_bwd_data(&self.gpu, cfg, dy, w, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
-    fn conv2d_backward_weight(&self, _x: &Storage, _dy: &Storage, _g: &Conv2dGeom) -> Result<Storage> {
-        no_kernel("conv2d_backward_weight")
+    fn conv2d_backward_weight(&self, x: &Storage, dy: &Storage, g: &Conv2dGeom) -> Result<Storage> {
+        let taps = g.c_in / g.groups * g.kh * g.kw;
+        let n_w = g.c_out * taps;
+        let pixels = g.n * g.h_out * g.w_out;
+        if n_w == 0 || pixels == 0 {
+            return self.full(n_w, 0.0);
+        }
+        let mut p = conv_params("conv2d_backward_weight", g)?;
+        if is_depthwise(g) {
+            let mut dw = self.gpu.alloc(n_w)?;
+            k::dw_conv_bwd_weight(&self.gpu, LaunchCfg::blocks(n_w, 256), x, dy, &mut dw, &p)?;
+            return Ok(dw);
+        }
+        let cog = g.c_out / g.groups;
+        let mut cfg = tiles64("conv2d_backward_weight", taps, cog, g.groups)?;
+        let tiles = (cfg.grid[0] * cfg.grid[1] * cfg.grid[2]) as usize;
+        let (splits, chunk) = weight_splits(pixels, tiles);
+        p.k_chunk = int("conv2d_backward_weight", chunk)?;
+        cfg.grid[2] = int("conv2d_backward_weight", g.groups * splits)? as u32;
+        if cfg.grid[2] > 65535 {
+            return Err(Error::Device {
+                op: "conv2d_backward_weight",
+                detail: format!("{} groups x {splits} splits above the grid limit of 65535", g.groups),
+            });
+        }
+        if splits == 1 {
+            let mut dw = self.gpu.alloc(n_w)?;
+            k::conv_bwd_weight(&self.gpu, cfg, x, dy, &mut dw, &p)?;
+            return Ok(dw);
+        }
+        let mut partial = self.gpu.alloc(splits * n_w)?;
+        k::conv_bwd_weight(&self.gpu, cfg, x, dy, &mut partial, &p)?;
+        // Sum the slabs in split order (fixed for a geometry: bitwise reproducible).
+        let sum = DimGeom { outer: 1, len: splits, inner: n_w };
+        self.reduce_sum(&partial, sum)
     }
 
-    fn pool2d(&self, _kind: PoolKind, _x: &Storage, _g: &Pool2dGeom) -> Result<Storage> {
-        no_kernel("pool2d")
+    fn pool2d(&self, kind: PoolKind, x: &Storage, g: &Pool2dGeom) -> Result<Storage> {
+        let n_out = g.n * g.c * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out > 0 {
+            k::pool_fwd(&self.gpu, LaunchCfg::linear(n_out), x, &mut y, &pool_params("pool2d", kind, g)?)?;
+        }
+        Ok(y)
     }
-    fn pool2d_backward(&self, _kind: PoolKind, _x: &Storage, _dy: &Storage, _g: &Pool2dGeom) -> Result<Storage> {
-        no_kernel("pool2d_backward")
+    fn pool2d_backward(&self, kind: PoolKind, x: &Storage, dy: &Storage, g: &Pool2dGeom) -> Result<Storage> {
+        let n_in = x.len();
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in > 0 {
+            let p = pool_params("pool2d_backward", kind, g)?;
+            k::pool_bwd(&self.gpu, LaunchCfg::linear(n_in), x, dy, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
-    fn adaptive_avg_pool2d(&self, _x: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("adaptive_avg_pool2d")
+    fn adaptive_avg_pool2d(&self, x: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_out = g.n * g.c * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out > 0 {
+            let p = resize_params("adaptive_avg_pool2d", 0, g)?;
+            k::adaptive_avg_fwd(&self.gpu, LaunchCfg::linear(n_out), x, &mut y, &p)?;
+        }
+        Ok(y)
     }
-    fn adaptive_avg_pool2d_backward(&self, _dy: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("adaptive_avg_pool2d_backward")
+    fn adaptive_avg_pool2d_backward(&self, dy: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_in = g.n * g.c * g.h * g.w;
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in > 0 {
+            let p = resize_params("adaptive_avg_pool2d_backward", 0, g)?;
+            k::adaptive_avg_bwd(&self.gpu, LaunchCfg::linear(n_in), dy, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
-    fn interpolate(&self, _mode: InterpMode, _x: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("interpolate")
+    fn interpolate(&self, mode: InterpMode, x: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_out = g.n * g.c * g.h_out * g.w_out;
+        let mut y = self.gpu.alloc(n_out)?;
+        if n_out > 0 {
+            let p = resize_params("interpolate", interp_code(mode), g)?;
+            k::interp_fwd(&self.gpu, LaunchCfg::linear(n_out), x, &mut y, &p)?;
+        }
+        Ok(y)
     }
-    fn interpolate_backward(&self, _mode: InterpMode, _dy: &Storage, _g: &ResizeGeom) -> Result<Storage> {
-        no_kernel("interpolate_backward")
+    fn interpolate_backward(&self, mode: InterpMode, dy: &Storage, g: &ResizeGeom) -> Result<Storage> {
+        let n_in = g.n * g.c * g.h * g.w;
+        let mut dx = self.gpu.alloc(n_in)?;
+        if n_in > 0 {
+            let p = resize_params("interpolate_backward", interp_code(mode), g)?;
+            k::interp_bwd(&self.gpu, LaunchCfg::linear(n_in), dy, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
 
     fn batch_norm_train(
@@ -562,6 +852,64 @@ impl<G: Gpu> Backend for GpuBackend<G> {
             first_step: step.first_step as i32,
         };
         k::sgd_step(&self.gpu, LaunchCfg::linear(n), param, grad, momentum_buf, &p)
+    }
+    fn fd_perturb(&self, theta: &Storage, v: &Storage, eps: f32) -> Result<(Storage, Storage)> {
+        let n = equal_lens("fd_perturb", ("theta", theta), ("v", v))?;
+        let (mut plus, mut minus) = (self.gpu.alloc(n)?, self.gpu.alloc(n)?);
+        if n > 0 {
+            let p = FdParams { n: int("fd_perturb", n)?, eps };
+            k::fd_perturb(&self.gpu, LaunchCfg::linear(n), theta, v, &mut plus, &mut minus, &p)?;
+        }
+        Ok((plus, minus))
+    }
+    fn fd_combine(&self, g_plus: &Storage, g_minus: &Storage, eps: f32) -> Result<Storage> {
+        let n = equal_lens("fd_combine", ("g_plus", g_plus), ("g_minus", g_minus))?;
+        if !(eps.is_finite() && eps != 0.0) {
+            return Err(Error::invalid("fd_combine", format!("step eps = {eps}: use a finite, non-zero step")));
+        }
+        let mut y = self.gpu.alloc(n)?;
+        if n > 0 {
+            let p = FdParams { n: int("fd_combine", n)?, eps };
+            k::fd_combine(&self.gpu, LaunchCfg::linear(n), g_plus, g_minus, &mut y, &p)?;
+        }
+        Ok(y)
+    }
+    fn fake_quant(&self, x: &Storage, g: &QuantGeom) -> Result<(Storage, Storage, Storage)> {
+        g.check("fake_quant", &[("x", x.len(), g.channels * g.len)])?;
+        let p = quant_params("fake_quant", g)?;
+        if g.len == 0 {
+            return Ok((self.gpu.alloc(0)?, self.full(g.channels, 1.0)?, self.full(g.channels, 0.0)?));
+        }
+        let (mut scale, mut zp, mut y) =
+            (self.gpu.alloc(g.channels)?, self.gpu.alloc(g.channels)?, self.gpu.alloc(x.len())?);
+        k::quant_range(&self.gpu, LaunchCfg::blocks(g.channels, 256), x, &mut scale, &mut zp, &p)?;
+        k::fake_quant_fwd(&self.gpu, LaunchCfg::linear(x.len()), x, &scale, &zp, &mut y, &p)?;
+        Ok((y, scale, zp))
+    }
+    fn fake_quant_backward(
+        &self,
+        x: &Storage,
+        dy: &Storage,
+        scale: &Storage,
+        zero_point: &Storage,
+        g: &QuantGeom,
+    ) -> Result<Storage> {
+        let n = g.channels * g.len;
+        g.check(
+            "fake_quant_backward",
+            &[
+                ("x", x.len(), n),
+                ("dy", dy.len(), n),
+                ("scale", scale.len(), g.channels),
+                ("zero_point", zero_point.len(), g.channels),
+            ],
+        )?;
+        let p = quant_params("fake_quant_backward", g)?;
+        let mut dx = self.gpu.alloc(n)?;
+        if n > 0 {
+            k::fake_quant_bwd(&self.gpu, LaunchCfg::linear(n), x, dy, scale, zero_point, &mut dx, &p)?;
+        }
+        Ok(dx)
     }
     fn add_assign(&self, acc: &mut Storage, x: &Storage) -> Result<()> {
         let n = acc.len();

@@ -49,7 +49,10 @@ params! {
         out_dims: [i32; MAX_RANK], red_dims: [i32; MAX_RANK], x_strides: [i32; MAX_RANK],
     }
     pub struct SgdParams { n: i32, lr: f32, momentum: f32, weight_decay: f32, nesterov: i32, first_step: i32 }
-    pub struct AxpbyParams { n: i32, alpha: f32, beta: f32 }
+    /// Finite-difference hypergradient steps (fd_perturb, fd_combine).
+    pub struct FdParams { n: i32, eps: f32 }
+    /// Fake quantisation of x viewed as [channels, len]; qmax = 2^bits - 1.
+    pub struct QuantParams { channels: i32, len: i32, qmax: f32 }
     /// Reductions over the middle axis of [outer, len, inner]; `flag` = log for softmax.
     pub struct AxisParams { outer: i32, len: i32, inner: i32, flag: i32, eps: f32 }
     pub struct LossParams { rows: i32, classes: i32, n: i32, inv_rows: f32 }
@@ -58,5 +61,21 @@ params! {
     pub struct PermuteParams { n: i32, rank: i32, out_dims: [i32; MAX_RANK], src_strides: [i32; MAX_RANK] }
     pub struct SliceParams { outer: i32, inner: i32, len: i32, src_len: i32, src_start: i32, dst_len: i32, dst_start: i32 }
     /// Batch strides in elements; 0 broadcasts a single matrix over the batch.
+    /// conv2d geometry; `k_chunk` = output pixels per split of conv_bwd_weight.
+    pub struct ConvParams {
+        n: i32, c_in: i32, h: i32, w: i32, c_out: i32, kh: i32, kw: i32, stride_h: i32, stride_w: i32,
+        pad_h: i32, pad_w: i32, groups: i32, h_out: i32, w_out: i32, k_chunk: i32,
+    }
+    /// Window pooling; `kind` 0 max, 1 average with count_include_pad, 2 average without.
+    pub struct PoolParams {
+        n: i32, c: i32, h: i32, w: i32, kh: i32, kw: i32, stride_h: i32, stride_w: i32, pad_h: i32, pad_w: i32,
+        h_out: i32, w_out: i32, kind: i32,
+    }
+    /// Adaptive pooling and interpolation; `mode` 0 nearest, 1 bilinear.
+    pub struct ResizeParams { n: i32, c: i32, h: i32, w: i32, h_out: i32, w_out: i32, mode: i32 }
+    /// Gram matrices of F [batch, m, d]; `mode` 0 plain, 1 cosine (rows scaled by 1/max(|row|, eps)).
+    pub struct GramParams { batch: i32, m: i32, d: i32, mode: i32, eps: f32 }
+    /// Attention scores of q [bh, tq, d] against k [bh, tk, d], times `scale`, softmax over keys.
+    pub struct AttnParams { tq: i32, tk: i32, d: i32, scale: f32 }
     pub struct GemmParams { m: i32, n: i32, k: i32, trans_a: i32, trans_b: i32, stride_a: i64, stride_b: i64 }
 }
