@@ -52,7 +52,7 @@ mod emu {
     all_op_tests!(kdscout::Device::CudaEmu);
 }
 
-/// The same families on a real GPU (`scripts/gpu-check.sh` on a machine that has one; the cfg
+/// The same families on a real GPU (`.ci/gpu-check.sh` on a machine that has one; the cfg
 /// keeps them out of builds that cannot run them).
 #[cfg(all(feature = "cuda", kdscout_gpu))]
 mod gpu {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine WITH an NVIDIA GPU and driver: build the kernels with nvcc, print the resource
 # report, run the shared op tests on the GPU (parity with the f64 references the CPU backend
-# is held to), then the emulator and ABI checks. Usage: scripts/gpu-check.sh
+# is held to), then the emulator and ABI checks. Usage: .ci/gpu-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi -L
