@@ -3,9 +3,11 @@
 pub mod correlate;
 pub mod data;
 pub mod demo;
+pub mod distill;
 pub mod import_weights;
 pub mod models;
 pub mod score;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,11 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// Rank agreement (Spearman, Kendall tau-b, Pearson, precision@k) of scores with ground truth.
     Correlate(correlate::CorrelateArgs),
+    /// Train a model on cross-entropy (teachers, baselines) with the standard CIFAR recipe;
+    /// checkpoints, metrics.csv and a training curve in the run directory; --resume continues.
+    Train(train::TrainArgs),
+    /// Distil a student from a trained teacher with a KD loss (kd, fitnet, at, ..., --list-losses).
+    Distill(distill::DistillArgs),
 }
 
 pub fn run(cli: Cli) -> crate::Result<()> {
@@ -44,5 +51,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::ImportWeights(args) => import_weights::run(&args),
         Command::Score(args) => score::run(&args),
         Command::Correlate(args) => correlate::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Distill(args) => distill::run(&args),
     }
 }
