@@ -99,7 +99,7 @@ impl RunDir {
             weights::write_atomic(&self.best(), &bytes)?;
         }
         let every = tr.recipe.save_every;
-        if every > 0 && tr.epoch % every == 0 {
+        if every > 0 && tr.epoch.is_multiple_of(every) {
             weights::write_atomic(&self.periodic(tr.epoch), &bytes)?;
         }
         Ok(())

@@ -357,7 +357,7 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
         } else {
             "no epoch finished, so no checkpoint was written".to_string()
         };
-        return Err(Error::invalid("train", format!("{e}; {kept}")));
+        return Err(Error::invalid("run stopped", format!("{e}; {kept}")));
     }
     let last = tr.history.last().ok_or_else(|| Error::invalid("train", "no epoch was run"))?;
     let best = tr.best.unwrap_or(super::trainer::Best { epoch: last.epoch, top1: last.test.top1 });
