@@ -333,7 +333,10 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
     let result = tr.run(&train, &test, epochs, |end| {
         run.save(end.trainer, &cfg.model, end.is_best, &extra)?;
         run.append_metrics(end.record)?;
-        super::plot::write_curve(&run.plot("svg"), &run.plot("png"), &title, &end.trainer.history)?;
+        // A plot that cannot be drawn must not stop the training.
+        if let Err(e) = super::plot::write_curve(&run.plot("svg"), &run.plot("png"), &title, &end.trainer.history) {
+            eprintln!("warning: {e}");
+        }
         if opts.verbose {
             let r = end.record;
             println!(
