@@ -59,6 +59,13 @@ fn bench_kd_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("kd_step");
     group.sample_size(10);
     group.throughput(Throughput::Elements(batch as u64));
+    let teacher = tr.teacher.as_ref().unwrap();
+    group.bench_function("resnet56_teacher_forward_b64", |b| {
+        b.iter(|| {
+            let _g = kdscout::autograd::no_grad();
+            teacher.forward_features(&x).unwrap()
+        })
+    });
     group.bench_function("resnet56_to_resnet20_b64_kd", |b| {
         b.iter(|| {
             let (loss, _) = tr.step_loss(&x, &labels, 1).unwrap();

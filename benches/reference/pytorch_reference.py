@@ -127,8 +127,13 @@ def bench_kd(batch=64, steps=10):
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
-    print(f"pytorch KD step resnet56 -> resnet20 batch {batch}: {dt*1e3:.1f} ms/step, {batch/dt:.0f} img/s "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            teacher(x)
+        tf = (time.perf_counter() - t0) / steps
+    print(f"pytorch KD step resnet56 -> resnet20 batch {batch}: {dt*1e3:.1f} ms/step, {batch/dt:.0f} img/s; "
+          f"teacher forward alone {tf*1e3:.1f} ms (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
 
 def bench_conv(batch=64, reps=20):

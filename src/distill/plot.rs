@@ -26,7 +26,15 @@ fn err<E: std::fmt::Debug>(e: E) -> Error {
 
 type Curve = (&'static str, RGBColor, Vec<(f64, f64)>);
 
-fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, y_desc: &str, curves: &[Curve]) -> Result<()> {
+/// One chart; the legend sits where the curves are not (upper right for falling losses, lower
+/// right for rising accuracies).
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    y_desc: &str,
+    legend: SeriesLabelPosition,
+    curves: &[Curve],
+) -> Result<()> {
     let last = curves.iter().flat_map(|c| c.2.iter().map(|p| p.0)).fold(1.0, f64::max);
     let ys = curves.iter().flat_map(|c| c.2.iter().map(|p| p.1)).filter(|v| v.is_finite());
     let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -53,7 +61,7 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, y_desc:
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -73,12 +81,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, history: 
         &left,
         "loss",
         "loss per image",
+        SeriesLabelPosition::UpperRight,
         &[("train", blue, pts(|r| r.train.loss)), ("test", orange, pts(|r| r.test.loss))],
     )?;
     panel(
         &right,
         "accuracy",
         "percent",
+        SeriesLabelPosition::LowerRight,
         &[
             ("train top-1", blue, pts(|r| r.train.top1)),
             ("test top-1", orange, pts(|r| r.test.top1)),
