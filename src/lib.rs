@@ -8,6 +8,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod distill;
 pub mod error;

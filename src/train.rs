@@ -1,5 +1,6 @@
 //! A plain supervised training loop: one epoch of SGD over batches, and evaluation. The
-//! distillation trainer (schedules, checkpoints, resume) builds on these pieces.
+//! distillation trainer ([`crate::distill::trainer`]: schedules, checkpoints, resume) drives the
+//! same loop through [`train_epoch_with`] and [`evaluate_with`].
 
 use std::time::Instant;
 
@@ -10,12 +11,14 @@ use crate::optim::Sgd;
 use crate::tensor::Tensor;
 
 /// What one pass over a data set measured.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
-    /// Mean cross-entropy per image.
+    /// Mean loss per image (cross-entropy; the total distillation loss in training).
     pub loss: f64,
     /// Top-1 accuracy in percent.
     pub top1: f64,
+    /// Top-5 accuracy in percent (100 with five classes or fewer).
+    pub top5: f64,
     pub images: usize,
     pub seconds: f64,
 }
@@ -26,21 +29,44 @@ impl EpochStats {
     }
 }
 
+/// 0-based rank of each row's label among its logits: entries above it, plus equal entries
+/// before it (the tie rule of `argmax_rows`, so rank 0 is exactly "argmax == label").
+pub fn label_ranks(logits: &Tensor, labels: &[u32]) -> Result<Vec<usize>> {
+    let d = logits.dims();
+    if d.len() != 2 || d[0] != labels.len() {
+        return Err(Error::invalid(
+            "accuracy",
+            format!("logits {} do not match {} labels", logits.shape(), labels.len()),
+        ));
+    }
+    let v = logits.to_vec()?;
+    Ok(v.chunks(d[1].max(1))
+        .zip(labels)
+        .map(|(row, &l)| {
+            let x = row[l as usize];
+            row.iter().enumerate().filter(|&(j, &y)| y > x || (y == x && j < l as usize)).count()
+        })
+        .collect())
+}
+
 /// Running sums of one pass.
 struct Tally {
     start: Instant,
     loss_sum: f64,
     hits: usize,
+    hits5: usize,
     seen: usize,
 }
 
 impl Tally {
     fn new() -> Tally {
-        Tally { start: Instant::now(), loss_sum: 0.0, hits: 0, seen: 0 }
+        Tally { start: Instant::now(), loss_sum: 0.0, hits: 0, hits5: 0, seen: 0 }
     }
     fn add(&mut self, logits: &Tensor, labels: &[u32], loss: f32) -> Result<()> {
         self.loss_sum += loss as f64 * labels.len() as f64;
-        self.hits += logits.argmax_rows()?.iter().zip(labels).filter(|(&p, &l)| p == l as usize).count();
+        let ranks = label_ranks(logits, labels)?;
+        self.hits += ranks.iter().filter(|&&r| r == 0).count();
+        self.hits5 += ranks.iter().filter(|&&r| r < 5).count();
         self.seen += labels.len();
         Ok(())
     }
@@ -49,6 +75,7 @@ impl Tally {
         EpochStats {
             loss: self.loss_sum / n,
             top1: 100.0 * self.hits as f64 / n,
+            top5: 100.0 * self.hits5 as f64 / n,
             images: self.seen,
             seconds: self.start.elapsed().as_secs_f64(),
         }
@@ -65,39 +92,76 @@ pub fn train_epoch(
 ) -> Result<EpochStats> {
     model.set_training(true);
     let params = model.named_parameters();
+    let lr = opt.lr() as f64;
+    train_epoch_with(
+        opt,
+        &params,
+        batches,
+        epoch,
+        |_| lr,
+        |x, labels| {
+            let logits = model.forward(x)?;
+            Ok((logits.cross_entropy(labels)?, logits))
+        },
+    )
+}
+
+/// One epoch of SGD on any loss: `step(images, labels)` returns the scalar loss and the logits
+/// accuracy is measured on; `lr_at(step)` gives the learning rate of each step (0-based within
+/// the epoch). `params` are the tensors the optimiser updates (their gradients are taken from
+/// the loss). The caller sets train/eval modes. A non-finite loss stops with an error naming the
+/// epoch and step, before the optimiser touches the weights.
+pub fn train_epoch_with(
+    opt: &mut Sgd,
+    params: &[(String, Tensor)],
+    batches: impl IntoIterator<Item = Result<(Tensor, Vec<u32>)>>,
+    epoch: usize,
+    mut lr_at: impl FnMut(usize) -> f64,
+    mut step: impl FnMut(&Tensor, &[u32]) -> Result<(Tensor, Tensor)>,
+) -> Result<EpochStats> {
     let mut tally = Tally::new();
-    for (step, batch) in batches.into_iter().enumerate() {
+    for (i, batch) in batches.into_iter().enumerate() {
         let (x, labels) = batch?;
-        let logits = model.forward(&x)?;
-        let loss = logits.cross_entropy(&labels)?;
+        let (loss, logits) = step(&x, &labels)?;
         let value = loss.item()?;
         if !value.is_finite() {
             return Err(Error::invalid(
                 "train",
-                format!("loss is {value} at epoch {epoch}, step {step}: lower the learning rate or check the data"),
+                format!("loss is {value} at epoch {epoch}, step {i}: lower the learning rate or check the data"),
             ));
         }
         let grads = loss.backward()?;
-        opt.step(&params, &grads)?;
+        opt.set_lr(lr_at(i) as f32)?;
+        opt.step(params, &grads)?;
         tally.add(&logits, &labels, value)?;
     }
     Ok(tally.finish())
 }
 
-/// Loss and top-1 in eval mode (running BN statistics), without recording gradients.
+/// Loss, top-1 and top-5 in eval mode (running BN statistics), without recording gradients.
 pub fn evaluate(
     model: &mut dyn Module,
     batches: impl IntoIterator<Item = Result<(Tensor, Vec<u32>)>>,
 ) -> Result<EpochStats> {
     model.set_training(false);
+    let stats = evaluate_with(batches, |x| model.forward(x));
+    model.set_training(true);
+    stats
+}
+
+/// Cross-entropy, top-1 and top-5 of the logits `logits_of(images)` gives, without recording
+/// gradients; the caller sets eval mode.
+pub fn evaluate_with(
+    batches: impl IntoIterator<Item = Result<(Tensor, Vec<u32>)>>,
+    mut logits_of: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<EpochStats> {
     let _no_grad = autograd::no_grad();
     let mut tally = Tally::new();
     for batch in batches {
         let (x, labels) = batch?;
-        let logits = model.forward(&x)?;
+        let logits = logits_of(&x)?;
         tally.add(&logits, &labels, logits.cross_entropy(&labels)?.item()?)?;
     }
-    model.set_training(true);
     Ok(tally.finish())
 }
 
@@ -139,7 +203,7 @@ impl FitConfig {
 }
 
 /// One epoch's record, as written to `metrics.jsonl`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub lr: f64,

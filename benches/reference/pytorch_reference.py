@@ -6,6 +6,7 @@ sitting, so both see the same machine state.
     python3 benches/reference/pytorch_reference.py            # all
     python3 benches/reference/pytorch_reference.py step       # resnet20 train step only
     python3 benches/reference/pytorch_reference.py conv       # resnet56 3x3 convs only
+    python3 benches/reference/pytorch_reference.py kd         # resnet56 -> resnet20 KD step only
 
 The resnet20 definition is RepDistiller's CIFAR ResNet (BasicBlock, 16/32/64 channels,
 1x1-conv + BN shortcut when the shape changes, 100 classes).
@@ -100,6 +101,41 @@ def bench_step(batch=64, steps=20):
           f"{flops/dt/1e9:.1f} GFLOP/s effective (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
 
+def bench_kd(batch=64, steps=10):
+    """One RepDistiller KD step: teacher (eval, no_grad) forward, student forward,
+    0.1 * CE + 0.9 * KL(T=4) * T^2, backward, SGD."""
+    student, teacher = ResNet(20), ResNet(56)
+    teacher.eval()
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 100, (batch,))
+    T = 4.0
+
+    def step():
+        with torch.no_grad():
+            zt = teacher(x)
+        zs = student(x)
+        kd = F.kl_div(F.log_softmax(zs / T, 1), F.softmax(zt / T, 1), reduction="sum") * T * T / batch
+        loss = 0.1 * F.cross_entropy(zs, y) + 0.9 * kd
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = (time.perf_counter() - t0) / steps
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            teacher(x)
+        tf = (time.perf_counter() - t0) / steps
+    print(f"pytorch KD step resnet56 -> resnet20 batch {batch}: {dt*1e3:.1f} ms/step, {batch/dt:.0f} img/s; "
+          f"teacher forward alone {tf*1e3:.1f} ms (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+
+
 def bench_conv(batch=64, reps=20):
     for c, hw in [(16, 32), (32, 16), (64, 8)]:
         conv = nn.Conv2d(c, c, 3, 1, 1, bias=False)
@@ -130,3 +166,5 @@ if __name__ == "__main__":
         bench_step()
     if what in ("all", "conv"):
         bench_conv()
+    if what in ("all", "kd"):
+        bench_kd()

@@ -3,10 +3,12 @@
 pub mod correlate;
 pub mod data;
 pub mod demo;
+pub mod distill;
 pub mod import_weights;
 pub mod models;
 pub mod score;
 pub mod search;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,11 @@ pub enum Command {
     Search(Box<search::SearchArgs>),
     /// Join the results of `search --shard i/n` runs.
     Merge(search::MergeArgs),
+    /// Train a model on cross-entropy (teachers, baselines) with the standard CIFAR recipe;
+    /// checkpoints, metrics.csv and a training curve in the run directory; --resume continues.
+    Train(train::TrainArgs),
+    /// Distil a student from a trained teacher with a KD loss (kd, fitnet, at, ..., --list-losses).
+    Distill(distill::DistillArgs),
 }
 
 pub fn run(cli: Cli) -> crate::Result<()> {
@@ -51,5 +58,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Correlate(args) => correlate::run(&args),
         Command::Search(args) => search::run(&args),
         Command::Merge(args) => search::merge(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Distill(args) => distill::run(&args),
     }
 }

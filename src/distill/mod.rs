@@ -9,17 +9,24 @@
 //! * [`modules`]: `ConvReg` (+ `ConvTranspose2d`), `CcEmbed`, `NormFt`, `Abf`/`ReviewKd`.
 //! * [`registry`]: [`LOSSES`] (name, weights γ/α/β, taps, trainable parts), [`Distiller`] (the total
 //!   `γ·CE + α·KD_T + β·other` for one method on a student/teacher pair of [`Features`](crate::models::Features)).
+//! * [`trainer`]: the training loop (SGD, step/cosine schedules with warm-up, the CIFAR recipe, a
+//!   frozen no-grad teacher), [`checkpoint`]: the run directory (resumable safetensors
+//!   checkpoints, `metrics.csv`), [`plot`]: the training curve.
 //!
 //! Every function follows the released code of its method (RepDistiller, mdistiller, DisWOT, NORM,
 //! DIST); where the code and the paper differ the code wins and the doc comment says so. Teacher
 //! tensors are used as given: the caller computes them without gradients; losses whose code
 //! detaches a teacher term (RKD, NST's t-t term, NORM) detach it here too.
 
+pub mod checkpoint;
 pub mod logits;
 pub mod maps;
 pub mod modules;
+pub mod plot;
 pub mod registry;
 pub mod relation;
+pub mod run;
+pub mod trainer;
 
 pub use logits::{dist, dkd, kd, norm_logits, warmup_factor};
 pub use maps::{at, hcl, ickd, ickd_compat, mse, norm_loss, nst, sp, sum_pairs};
