@@ -142,17 +142,17 @@ pub fn to_toml<T: Serialize>(cfg: &T) -> Result<String> {
     toml::to_string(cfg).map_err(|e| Error::invalid("config", e.to_string()))
 }
 
-fn to_table<T: Serialize>(cfg: &T) -> Result<toml::Table> {
+pub(crate) fn to_table<T: Serialize>(cfg: &T) -> Result<toml::Table> {
     toml::Table::try_from(cfg).map_err(|e| Error::invalid("config", e.to_string()))
 }
 
-fn flat_table(t: &toml::Table) -> BTreeMap<String, toml::Value> {
+pub(crate) fn flat_table(t: &toml::Table) -> BTreeMap<String, toml::Value> {
     let mut out = BTreeMap::new();
     flatten("", &toml::Value::Table(t.clone()), &mut out);
     out
 }
 
-fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+pub(crate) fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
     match v {
         toml::Value::Table(t) => {
             for (k, v) in t {

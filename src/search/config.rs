@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::algo::{AlgoConfig, AlgoKind, Shard};
 use super::budget::Constraints;
+use crate::config::{flat_table, flatten, to_table};
 use crate::proxy::InitMode;
 use crate::{Error, Result};
 
@@ -178,50 +179,14 @@ fn join(v: &[&String]) -> String {
 
 /// Reads a `config.resolved.toml`.
 pub fn parse_file(path: &Path) -> Result<SearchConfig> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::Io { context: path.display().to_string(), source: e })?;
-    toml::from_str(&text).map_err(|e| Error::data(path.display().to_string(), e.to_string().trim().to_string()))
+    crate::config::parse_file(path)
 }
 
-fn to_table(cfg: &SearchConfig) -> Result<toml::Table> {
-    toml::Table::try_from(cfg).map_err(|e| Error::invalid("config", e.to_string()))
-}
-
-fn flat_table(t: &toml::Table) -> BTreeMap<String, toml::Value> {
-    let mut out = BTreeMap::new();
-    flatten("", &toml::Value::Table(t.clone()), &mut out);
-    out
-}
-
-fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                flatten(&key, v, out);
-            }
-        }
-        _ => {
-            out.insert(prefix.to_string(), v.clone());
-        }
-    }
-}
-
-/// Keys whose values differ between two configs (ignoring `skip`), as `key: a -> b`.
+/// Keys whose values differ between two configs (ignoring `skip` and the keys never compared),
+/// as `key: a -> b`.
 pub fn differences(a: &SearchConfig, b: &SearchConfig, skip: &[&str]) -> Result<Vec<String>> {
-    let (fa, fb) = (flat_table(&to_table(a)?), flat_table(&to_table(b)?));
-    let mut keys: Vec<&String> = fa.keys().chain(fb.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    Ok(keys
-        .into_iter()
-        .filter(|k| !skip.contains(&k.as_str()) && !NOT_COMPARED.contains(&k.as_str()))
-        .filter(|k| fa.get(*k) != fb.get(*k))
-        .map(|k| {
-            let show = |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
-            format!("{k}: {} -> {}", show(fa.get(k)), show(fb.get(k)))
-        })
-        .collect())
+    let skip: Vec<&str> = skip.iter().chain(NOT_COMPARED).copied().collect();
+    crate::config::differences(a, b, &skip)
 }
 
 #[cfg(test)]
