@@ -48,3 +48,9 @@ macro_rules! shape_err {
 macro_rules! invalid_err {
     ($op:expr, $($fmt:tt)*) => { return Err($crate::Error::invalid($op, format!($($fmt)*))) };
 }
+
+/// `map_err` adapter naming what was being done: `.map_err(io_err(format!("reading {}", p.display())))`.
+pub fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}

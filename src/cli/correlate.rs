@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 
+use crate::error::io_err;
 use crate::error::{Error, Result};
 use crate::invalid_err;
 use crate::proxy::rank;
@@ -71,8 +72,7 @@ fn csv_fields(line: &str) -> Vec<String> {
 
 /// key → truth value from a CSV file.
 pub fn read_truth(path: &Path, key: &str, column: &str) -> Result<HashMap<String, f64>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| Error::Io { context: format!("reading {}", path.display()), source })?;
+    let text = std::fs::read_to_string(path).map_err(io_err(format!("reading {}", path.display())))?;
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| data_err(path, 1, "empty file: expected a header row"))?;
     let header = csv_fields(header);
@@ -100,8 +100,7 @@ pub fn read_truth(path: &Path, key: &str, column: &str) -> Result<HashMap<String
 /// proxy → (arch → signed score, higher better), from results.jsonl lines; records whose score is
 /// null (nonfinite, error) are left out.
 pub fn read_scores(path: &Path) -> Result<BTreeMap<String, HashMap<String, f64>>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| Error::Io { context: format!("reading {}", path.display()), source })?;
+    let text = std::fs::read_to_string(path).map_err(io_err(format!("reading {}", path.display())))?;
     let mut out: BTreeMap<String, HashMap<String, f64>> = BTreeMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value =

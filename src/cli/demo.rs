@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::data::{Dataset, Split};
+use crate::error::io_err;
 use crate::error::{Error, Result};
 use crate::models::small_cnn;
 use crate::rng::Rng;
@@ -55,10 +56,6 @@ struct ResolvedConfig<'a> {
     test_images: usize,
     device: String,
     fit: &'a FitConfig,
-}
-
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {

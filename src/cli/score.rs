@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::data::DataSource;
+use crate::error::io_err;
 use crate::error::{Error, Result};
 use crate::proxy::run::{candidate_seed, score_candidate, CandidateRecord};
 use crate::proxy::{self, Candidate, InitMode, Proxy, ScoringContext, TeacherView};
@@ -74,10 +75,6 @@ struct ResolvedConfig<'a> {
     classes: usize,
     candidates: usize,
     device: &'static str,
-}
-
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
 }
 
 fn select_proxies(spec: Option<&str>, has_teacher: bool) -> Result<Vec<Box<dyn Proxy>>> {

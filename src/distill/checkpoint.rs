@@ -16,6 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::trainer::{TrainState, Trainer};
+use crate::error::io_err;
 use crate::models::Network;
 use crate::train::EpochRecord;
 use crate::weights::{self, Checkpoint};
@@ -29,10 +30,6 @@ pub const META_STATE: &str = "train_state";
 
 /// The header of `metrics.csv`.
 pub const METRICS_HEADER: &str = "epoch,lr,train_loss,train_top1,test_loss,test_top1,test_top5,seconds";
-
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
-}
 
 /// One `metrics.csv` row.
 pub fn metrics_row(r: &EpochRecord) -> String {

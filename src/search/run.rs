@@ -26,6 +26,7 @@ use super::algo::{AlgoKind, Driver, Evaluator, SearchState, Step};
 use super::budget::Checked;
 use super::config::SearchConfig;
 use super::space::{space_by_id, Genome, SearchSpace};
+use crate::error::io_err as io;
 use crate::proxy::run::{candidate_seed, score_candidate, CandidateRecord};
 use crate::proxy::{self, Candidate, Proxy, ScoringContext, TeacherView};
 use crate::tensor::Tensor;
@@ -107,11 +108,6 @@ pub struct RunSummary {
     pub state: SearchState,
     pub records: Vec<SearchRecord>,
     pub out: PathBuf,
-}
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
 }
 
 /// Writes `text` to `path` atomically (a killed process leaves the old or the new file).

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::error::io_err;
 use crate::nn::{LoadReport, Module};
 use crate::{Device, Error, Result, Tensor};
 
@@ -131,10 +132,6 @@ impl ElemType {
 /// PyTorch keeps the BN step counter as int64; so do our files.
 fn is_counter(name: &str) -> bool {
     name == "num_batches_tracked" || name.ends_with(".num_batches_tracked")
-}
-
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
 }
 
 /// Serialises named tensors with `metadata` (plus `format` and `kdscout_version`) to safetensors
