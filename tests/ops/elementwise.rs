@@ -3,7 +3,7 @@
 use kdscout::backend::UnaryOp;
 use kdscout::{Device, Tensor};
 
-use crate::common::{check_op, rand_vec_in, Input, Tol};
+use crate::common::{assert_close, check_op, rand_vec_in, Input, Tol};
 
 fn erf64(x: f64) -> f64 {
     // Independent of libm: the series erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1)), exact
@@ -161,6 +161,33 @@ pub fn binary_broadcasting(dev: Device) {
     }
 }
 
+/// Forward only, on outputs above the CPU backend's parallel threshold (2^15 values), so the
+/// chunked path with coalesced dims runs: per-channel, per-image, mixed, and short inner rows.
+pub fn binary_broadcasting_large(dev: Device) {
+    let cases: &[(&[usize], &[usize], &[usize])] = &[
+        (&[4, 17, 23, 29], &[1, 17, 1, 1], &[4, 17, 23, 29]),
+        (&[1, 17, 1, 1], &[4, 17, 23, 29], &[4, 17, 23, 29]),
+        (&[6, 5, 33, 41], &[6, 1, 1, 1], &[6, 5, 33, 41]),
+        (&[40, 37, 1, 23], &[37, 5, 1], &[40, 37, 5, 23]),
+        (&[9000, 7], &[7], &[9000, 7]),
+    ];
+    for (ci, &(ad, bd, od)) in cases.iter().enumerate() {
+        let (an, bn): (usize, usize) = (ad.iter().product(), bd.iter().product());
+        let av = rand_vec_in(an, -2.0, 2.0, 300 + ci as u64);
+        let bv = rand_vec_in(bn, 0.5, 2.0, 400 + ci as u64);
+        let a = Tensor::from_slice(&av, ad.to_vec(), dev).unwrap();
+        let b = Tensor::from_slice(&bv, bd.to_vec(), dev).unwrap();
+        let (a64, b64): (Vec<f64>, Vec<f64>) =
+            (av.iter().map(|&v| v as f64).collect(), bv.iter().map(|&v| v as f64).collect());
+        for (y, f, name) in
+            [(a.sub(&b), (|x, y| x - y) as fn(f64, f64) -> f64, "sub"), (a.div(&b), |x, y| x / y, "div")]
+        {
+            let want = broadcast_ref(f, &a64, ad, &b64, bd, od);
+            assert_close(&y.unwrap().to_vec().unwrap(), &want, 1e-6, 1e-6, &format!("{name} {ad:?} with {bd:?}"));
+        }
+    }
+}
+
 pub fn binary_shape_errors(dev: Device) {
     let a = Tensor::zeros([2, 3], dev).unwrap();
     let b = Tensor::zeros([4, 3], dev).unwrap();
@@ -206,6 +233,10 @@ macro_rules! elementwise_tests {
         #[test]
         fn binary_broadcasting() {
             crate::elementwise::binary_broadcasting($dev)
+        }
+        #[test]
+        fn binary_broadcasting_large() {
+            crate::elementwise::binary_broadcasting_large($dev)
         }
         #[test]
         fn binary_shape_errors() {

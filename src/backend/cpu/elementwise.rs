@@ -167,16 +167,6 @@ pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], dy: &[f32]) -> Vec<f32>
     }
 }
 
-#[inline(always)]
-fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
-    match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-    }
-}
-
 /// Row-major strides of `dims`, with 0 where the dim is broadcast (size 1 against a larger out).
 fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
     let mut strides = vec![0; dims.len()];
@@ -188,8 +178,39 @@ fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
     strides
 }
 
-/// Broadcasting binary op. Fast paths: equal shapes, and a scalar operand; otherwise the
-/// innermost dim runs as a straight (possibly constant-stride) loop per output row.
+/// Merges neighbouring output dims that both operands walk the same way (both contiguous across
+/// the pair, or both broadcast over it), as PyTorch's TensorIterator does: `[n, c, h, w]` against
+/// a per-channel `[1, c, 1, 1]` becomes `[n, c, h·w]`, so the inner loop runs over whole planes
+/// instead of rows of `w` values. Returns (dims, a strides, b strides), outermost first.
+fn coalesce(out: &[usize], sa: &[usize], sb: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let (mut dims, mut ra, mut rb) = (Vec::new(), Vec::new(), Vec::new());
+    for d in 0..out.len() {
+        if out[d] == 1 {
+            continue; // size-1 dims carry no offsets
+        }
+        if let (Some(&last), Some(&la), Some(&lb)) = (dims.last(), ra.last(), rb.last()) {
+            let joins = |outer: usize, inner: usize| outer == inner * out[d];
+            if joins(la, sa[d]) && joins(lb, sb[d]) {
+                let k = dims.len() - 1;
+                dims[k] = last * out[d];
+                ra[k] = sa[d];
+                rb[k] = sb[d];
+                continue;
+            }
+        }
+        dims.push(out[d]);
+        ra.push(sa[d]);
+        rb.push(sb[d]);
+    }
+    if dims.is_empty() {
+        (vec![1], vec![0], vec![0])
+    } else {
+        (dims, ra, rb)
+    }
+}
+
+/// Broadcasting binary op. Fast paths: equal shapes, and a scalar operand; otherwise the dims
+/// are coalesced and the innermost one runs as a straight (possibly constant-stride) loop.
 pub fn binary(op: BinaryOp, a: &[f32], a_dims: &[usize], b: &[f32], b_dims: &[usize], out_dims: &[usize]) -> Vec<f32> {
     let n: usize = out_dims.iter().product();
     if a.len() == n && b.len() == n {
@@ -200,50 +221,81 @@ pub fn binary(op: BinaryOp, a: &[f32], a_dims: &[usize], b: &[f32], b_dims: &[us
             BinaryOp::Div => map2(a, b, |a, b| a / b),
         };
     }
-    let mut out = vec![0.0; n];
-    if n == 0 {
-        return out;
+    match op {
+        BinaryOp::Add => broadcast2(a, a_dims, b, b_dims, out_dims, |a, b| a + b),
+        BinaryOp::Sub => broadcast2(a, a_dims, b, b_dims, out_dims, |a, b| a - b),
+        BinaryOp::Mul => broadcast2(a, a_dims, b, b_dims, out_dims, |a, b| a * b),
+        BinaryOp::Div => broadcast2(a, a_dims, b, b_dims, out_dims, |a, b| a / b),
     }
-    let r = out_dims.len();
-    let (sa, sb) = (broadcast_strides(a_dims, out_dims), broadcast_strides(b_dims, out_dims));
-    let inner = out_dims[r - 1];
+}
+
+/// The broadcasting loop of [`binary`], compiled per `f` so the inner loops vectorise.
+fn broadcast2(
+    a: &[f32],
+    a_dims: &[usize],
+    b: &[f32],
+    b_dims: &[usize],
+    out_dims: &[usize],
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Vec<f32> {
+    let n: usize = out_dims.iter().product();
+    if n == 0 {
+        return Vec::new();
+    }
+    let (dims, sa, sb) = coalesce(out_dims, &broadcast_strides(a_dims, out_dims), &broadcast_strides(b_dims, out_dims));
+    let r = dims.len();
+    let inner = dims[r - 1];
     let (ia, ib) = (sa[r - 1], sb[r - 1]);
-    let row_fn = |row: usize, o: &mut [f32]| {
+    let row_fn = |row: usize, o: &mut [MaybeUninit<f32>]| {
         // Offsets of this row in a and b from its multi-index.
         let (mut oa, mut ob, mut rem) = (0, 0, row);
         for d in (0..r - 1).rev() {
-            let idx = rem % out_dims[d];
-            rem /= out_dims[d];
+            let idx = rem % dims[d];
+            rem /= dims[d];
             oa += idx * sa[d];
             ob += idx * sb[d];
         }
         match (ia, ib) {
             (1, 0) => {
                 let bv = b[ob];
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = apply(op, a[oa + j], bv);
+                for (o, &av) in o.iter_mut().zip(&a[oa..oa + inner]) {
+                    o.write(f(av, bv));
                 }
             }
             (0, 1) => {
                 let av = a[oa];
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = apply(op, av, b[ob + j]);
+                for (o, &bv) in o.iter_mut().zip(&b[ob..ob + inner]) {
+                    o.write(f(av, bv));
+                }
+            }
+            (1, 1) => {
+                for ((o, &av), &bv) in o.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner]) {
+                    o.write(f(av, bv));
                 }
             }
             _ => {
                 for (j, o) in o.iter_mut().enumerate() {
-                    *o = apply(op, a[oa + j * ia], b[ob + j * ib]);
+                    o.write(f(a[oa + j * ia], b[ob + j * ib]));
                 }
             }
         }
     };
+    let mut out = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
     if n < PAR_MIN_ELEMS {
-        for (row, o) in out.chunks_mut(inner).enumerate() {
-            row_fn(row, o);
-        }
+        spare.chunks_mut(inner).enumerate().for_each(|(row, o)| row_fn(row, o));
     } else {
-        out.par_chunks_mut(inner).enumerate().for_each(|(row, o)| row_fn(row, o));
+        // Rows shorter than a chunk are grouped so each rayon task has real work.
+        let rows_per_task = (CHUNK / inner).max(1);
+        spare.par_chunks_mut(inner * rows_per_task).enumerate().for_each(|(t, block)| {
+            for (k, o) in block.chunks_mut(inner).enumerate() {
+                row_fn(t * rows_per_task + k, o);
+            }
+        });
     }
+    // SAFETY: the output is split into rows of `inner` values (n is a multiple of `inner`) and
+    // `row_fn` writes every value of every row.
+    unsafe { out.set_len(n) };
     out
 }
 
