@@ -7,7 +7,7 @@
 //   triple that is merged across the warp by shuffles and across warps through shared memory
 //   (Chan's parallel update: stable for inputs with a large mean). Thread 0 writes the
 //   channel's results and updates the running statistics in place (unbiased variance).
-// - bn_apply, bn_bwd_apply: 1-D grid-stride over all n*c*hw elements.
+// - bn_apply, bn_bwd_apply, channel_affine: 1-D grid-stride over all n*c*hw elements.
 // - ln_fwd, ln_bwd_dx: one block of 256 threads per row (grid.x = rows), Welford again.
 // - ln_bwd_params: one thread per column, looping over rows (coalesced across columns).
 // Bound: memory; batch norm reads x twice forward (stats + apply) and x, dy twice backward.
@@ -92,6 +92,23 @@ KERNEL void __launch_bounds__(256) bn_apply(const float* __restrict__ x, const f
     }
 }
 EMU_EXPORT(bn_apply)
+
+// Eval-mode batchnorm folded to a per-channel scale and shift, with a ResNet block's shortcut
+// add and ReLU in the same pass (1-D grid-stride). __fmul_rn/__fadd_rn keep nvcc from contracting
+// to an FMA, so the result equals the separate mul, add, add and relu kernels bit for bit (the
+// CPU backend rounds the same way). `residual` is not read when has_residual is 0.
+KERNEL void __launch_bounds__(256) channel_affine(const float* __restrict__ x, const float* __restrict__ scale,
+                                                  const float* __restrict__ shift,
+                                                  const float* __restrict__ residual, float* __restrict__ y,
+                                                  AffineParams p) {
+    GRID_STRIDE(i, (long long)p.n * p.c * p.hw) {
+        const int c = (int)((i / p.hw) % p.c);
+        float v = __fadd_rn(__fmul_rn(x[i], scale[c]), shift[c]);
+        if (p.has_residual) v = __fadd_rn(v, residual[i]);
+        y[i] = p.relu ? fmaxf(v, 0.0f) : v;
+    }
+}
+EMU_EXPORT(channel_affine)
 
 // Per channel, with k the channel's first element and d = mean(x - k):
 // sums[c] = sum dy, sums[C + c] = sum dy*(x - mean), sums[2C + c] = k, sums[3C + c] = d;

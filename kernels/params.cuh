@@ -42,6 +42,8 @@
 
 // ---- normalisation: x viewed as [n, c, hw]; layer norm uses n = rows, c = cols, hw = 1 ----
 #define KDS_NORM_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(float, eps) F(float, momentum)
+// channel_affine: y = x*scale[c] + shift[c] (+ residual when has_residual), ReLU when relu
+#define KDS_AFFINE_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(int, relu) F(int, has_residual)
 
 // ---- conv2d: x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw], y [n, c_out, h_out, w_out];
 // conv_bwd_weight splits the n*h_out*w_out pixels into chunks of k_chunk (grid z = groups * splits)
@@ -68,6 +70,7 @@
     X(ResizeParams, KDS_RESIZE_PARAMS)    \
     X(ConvParams, KDS_CONV_PARAMS)        \
     X(NormParams, KDS_NORM_PARAMS)        \
+    X(AffineParams, KDS_AFFINE_PARAMS)    \
     X(PermuteParams, KDS_PERMUTE_PARAMS)  \
     X(SliceParams, KDS_SLICE_PARAMS)      \
     X(GemmParams, KDS_GEMM_PARAMS)        \

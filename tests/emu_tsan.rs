@@ -102,6 +102,9 @@ fn exercise_all() {
     let (y, mean, inv) = be.batch_norm_train(&bx, &gam, &bet, &mut rm, &mut rv, &ng).unwrap();
     let (dx, _, _) = be.batch_norm_backward(&bx, &y, &gam, &mean, &inv, &ng).unwrap();
     finite(&dx, "batch_norm_backward");
+    for residual in [None, Some(&dx)] {
+        finite(&be.channel_affine(&bx, &gam, &bet, residual, true, &ng).unwrap(), "channel_affine");
+    }
     let lg = NormGeom { n: 5, c: 189, hw: 1, eps: 1e-5, momentum: 0.0 };
     let (lgam, lbet) = (up(189, 13), up(189, 14));
     let (y, mean, inv) = be.layer_norm(&bx, &lgam, &lbet, &lg).unwrap();

@@ -454,6 +454,20 @@ pub trait Backend: Send + Sync {
         running_var: &mut Storage,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)>;
+    /// y = x·scale[c] + shift[c], plus `residual` when given, then ReLU when `relu`; x viewed as
+    /// [n, c, hw] (g.eps and g.momentum unused). One pass for what eval-mode batchnorm, a ResNet
+    /// block's shortcut add and its activation do in up to four. The product and each sum are
+    /// rounded separately (no fused multiply-add), so results equal the composed ops bit for bit.
+    /// Inference only: `Tensor::channel_affine` composes differentiable ops when recording.
+    fn channel_affine(
+        &self,
+        x: &Storage,
+        scale: &Storage,
+        shift: &Storage,
+        residual: Option<&Storage>,
+        relu: bool,
+        g: &NormGeom,
+    ) -> Result<Storage>;
     /// Backward of train-mode batchnorm: (dx, dgamma, dbeta).
     fn batch_norm_backward(
         &self,

@@ -47,13 +47,12 @@ impl BasicBlock {
 impl BasicBlock {
     /// The block's output and the same sum before the final relu (mdistiller's `preact`).
     pub fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let out = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?)?;
+        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
         let residual = match &self.downsample {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        let pre = out.add(&residual)?;
+        let pre = self.bn2.forward_fused(&self.conv2.forward(&out)?, Some(&residual), false)?;
         Ok((pre.relu()?, pre))
     }
 }
@@ -160,7 +159,7 @@ fn stage_preact(stage: &Sequential, x: &Tensor) -> Result<(Tensor, Tensor)> {
 
 impl Network for CifarResNet {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
+        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
         let (f1, p1) = stage_preact(&self.layer1, &f0)?;
         let (f2, p2) = stage_preact(&self.layer2, &f1)?;
         let (f3, p3) = stage_preact(&self.layer3, &f2)?;

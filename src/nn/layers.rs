@@ -313,8 +313,30 @@ impl BatchNorm {
     }
 }
 
-impl Module for BatchNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl BatchNorm {
+    /// `relu(bn(x) + residual)` (each part optional): a ResNet block's tail. In eval mode with
+    /// no gradient recorded this is one pass over x (`Tensor::batch_norm_eval_fused`), the frozen
+    /// teacher's case; otherwise the separate ops. Values are the same either way.
+    pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        let y = if self.training || BYPASS_BATCHNORM.with(|b| b.get()) {
+            self.forward(x)?
+        } else {
+            self.check_input(x)?;
+            let (w, b) = self.affine()?;
+            return x.batch_norm_eval_fused(w, b, &self.running_mean, &self.running_var, self.eps, residual, relu);
+        };
+        let y = match residual {
+            Some(r) => y.add(r)?,
+            None => y,
+        };
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         if !self.ranks.contains(&x.rank()) || x.dims()[1] != self.num_features {
             shape_err!(
                 "BatchNorm",
@@ -324,6 +346,13 @@ impl Module for BatchNorm {
                 x.shape()
             );
         }
+        Ok(())
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
         if BYPASS_BATCHNORM.with(|b| b.get()) {
             return Ok(x.clone());
         }

@@ -479,17 +479,76 @@ impl Tensor {
         running_var: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
+        self.batch_norm_eval_fused(gamma, beta, running_mean, running_var, eps, None, false)
+    }
+
+    /// Eval-mode batchnorm, then `+ residual` when given, then ReLU when `relu`: a ResNet block's
+    /// tail. One pass through [`Tensor::channel_affine`] when no gradient is recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_eval_fused(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
         if self.rank() < 2 {
             shape_err!("batch_norm", "input needs shape [n, c, ...], got {}", self.shape());
         }
         let c = self.dims()[1];
         Tensor::check_affine("batch_norm", self, gamma, beta, c)?;
-        let mut bshape = vec![1; self.rank()];
-        bshape[1] = c;
         let invstd = running_var.detach().add_scalar(eps)?.pow(-0.5)?;
-        let scale = gamma.reshape(bshape.clone())?.mul(&invstd.reshape(bshape.clone())?)?;
-        let shift = beta.reshape(bshape.clone())?.sub(&running_mean.detach().reshape(bshape)?.mul(&scale)?)?;
-        self.mul(&scale)?.add(&shift)
+        let scale = gamma.mul(&invstd)?;
+        let shift = beta.sub(&running_mean.detach().mul(&scale)?)?;
+        self.channel_affine(&scale, &shift, residual, relu)
+    }
+
+    /// y = self·scale[c] + shift[c] (+ residual), then ReLU when `relu`, over dim 1 of [n, c, ...].
+    /// One backend pass when no gradient is recorded (eval-mode inference, frozen teachers); the
+    /// differentiable mul, add, add and relu otherwise, which round the same way: equal values.
+    pub fn channel_affine(
+        &self,
+        scale: &Tensor,
+        shift: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if self.rank() < 2 {
+            shape_err!("channel_affine", "input needs shape [n, c, ...], got {}", self.shape());
+        }
+        let c = self.dims()[1];
+        Tensor::check_affine("channel_affine", self, scale, shift, c)?;
+        if let Some(r) = residual {
+            same_device("channel_affine", self.device(), r.device())?;
+            if r.shape() != self.shape() {
+                shape_err!("channel_affine", "residual {} must have the input's shape {}", r.shape(), self.shape());
+            }
+        }
+        let inputs = [Some(self), Some(scale), Some(shift), residual];
+        if crate::autograd::is_recording() && inputs.iter().flatten().any(|t| t.requires_grad()) {
+            let mut bshape = vec![1; self.rank()];
+            bshape[1] = c;
+            let mut y = self.mul(&scale.reshape(bshape.clone())?)?.add(&shift.reshape(bshape)?)?;
+            if let Some(r) = residual {
+                y = y.add(r)?;
+            }
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        let g =
+            NormGeom { n: self.dims()[0], c, hw: self.numel() / (self.dims()[0] * c).max(1), eps: 0.0, momentum: 0.0 };
+        let res = residual.map(|r| r.storage());
+        let y = self.backend().channel_affine(
+            &self.storage(),
+            &scale.storage(),
+            &shift.storage(),
+            res.as_deref(),
+            relu,
+            &g,
+        )?;
+        Ok(Tensor::from_storage(y, self.shape().clone()))
     }
 
     /// Layer norm over the last dim.

@@ -155,6 +155,61 @@ pub fn batch_norm_eval_mode(dev: Device) {
     }
 }
 
+/// Eval-mode batchnorm + residual + ReLU in one pass (no gradient recorded) against the f64
+/// definition and, bit for bit, against the differentiable composition of the same ops (the
+/// path taken when recording); every (residual, relu) variant; a map above the CPU backend's
+/// parallel threshold; a wrong residual shape is an error naming both shapes.
+pub fn batch_norm_eval_fused(dev: Device) {
+    for (si, shape) in [&[2, 3, 5, 5][..], &[1, 5, 1, 1], &[4, 3], &[3, 17, 29, 31]].into_iter().enumerate() {
+        let (c, numel) = (shape[1], shape.iter().product::<usize>());
+        let hw = numel / (shape[0] * c);
+        let seed = 60 + 10 * si as u64;
+        let vals = |n, s| rand_vec(n, s);
+        let (xv, rv) = (vals(numel, seed), vals(numel, seed + 1));
+        let (gv, bv, mv) = (vals(c, seed + 2), vals(c, seed + 3), vals(c, seed + 4));
+        let varv = rand_vec_in(c, 0.5, 2.0, seed + 5);
+        let t = |v: &[f32], s: &[usize]| Tensor::from_slice(v, s.to_vec(), dev).unwrap();
+        let (x, res, g, b, m, var) =
+            (t(&xv, shape), t(&rv, shape), t(&gv, &[c]), t(&bv, &[c]), t(&mv, &[c]), t(&varv, &[c]));
+        for residual in [false, true] {
+            for relu in [false, true] {
+                let what = format!("batch_norm_eval_fused {shape:?} residual {residual} relu {relu}");
+                let r = residual.then_some(&res);
+                let fused = {
+                    let _guard = kdscout::autograd::no_grad();
+                    x.batch_norm_eval_fused(&g, &b, &m, &var, EPS, r, relu).unwrap().to_vec().unwrap()
+                };
+                // Recording with a parameter that requires grad: the composed ops.
+                let g_tracked = g.detach().requires_grad_();
+                let composed = x.batch_norm_eval_fused(&g_tracked, &b, &m, &var, EPS, r, relu).unwrap();
+                assert!(composed.requires_grad(), "{what}: recording path must build a graph");
+                let composed = composed.to_vec().unwrap();
+                let same = fused.iter().zip(&composed).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{what}: fused pass differs from the composed ops");
+                let want: Vec<f64> = (0..numel)
+                    .map(|j| {
+                        let ch = (j / hw) % c;
+                        let bn = (xv[j] as f64 - mv[ch] as f64) / (varv[ch] as f64 + EPS as f64).sqrt() * gv[ch] as f64
+                            + bv[ch] as f64;
+                        let v = if residual { bn + rv[j] as f64 } else { bn };
+                        if relu {
+                            v.max(0.0)
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                crate::common::assert_close(&fused, &want, 1e-5, 1e-6, &what);
+            }
+        }
+    }
+    let x = Tensor::zeros([2, 3, 2, 2], dev).unwrap();
+    let c3 = Tensor::ones([3], dev).unwrap();
+    let bad = Tensor::zeros([2, 3, 2, 1], dev).unwrap();
+    let err = x.batch_norm_eval_fused(&c3, &c3, &c3, &c3, EPS, Some(&bad), true).unwrap_err().to_string();
+    assert!(err.contains("[2, 3, 2, 1]") && err.contains("[2, 3, 2, 2]"), "error should name both shapes: {err}");
+}
+
 /// Layer norm over the last dim with biased variance.
 pub fn ln_ref(x: &[f64], gamma: &[f64], beta: &[f64], cols: usize) -> Vec<f64> {
     let mut y = Vec::with_capacity(x.len());
@@ -229,6 +284,10 @@ macro_rules! norm_tests {
             #[test]
             fn batch_norm_eval_mode() {
                 crate::norm::batch_norm_eval_mode($dev)
+            }
+            #[test]
+            fn batch_norm_eval_fused() {
+                crate::norm::batch_norm_eval_fused($dev)
             }
             #[test]
             fn layer_norm_shapes() {

@@ -148,6 +148,18 @@ impl Backend for CpuBackend {
         )?;
         Ok(triple(r))
     }
+    fn channel_affine(
+        &self,
+        x: &Storage,
+        scale: &Storage,
+        shift: &Storage,
+        residual: Option<&Storage>,
+        relu: bool,
+        g: &NormGeom,
+    ) -> Result<Storage> {
+        let residual = residual.map(|r| r.as_cpu()).transpose()?;
+        Ok(cpu(norm::channel_affine(x.as_cpu()?, scale.as_cpu()?, shift.as_cpu()?, residual, relu, g)?))
+    }
     fn batch_norm_backward(
         &self,
         x: &Storage,

@@ -164,6 +164,53 @@ pub fn batch_norm_train(
     Ok((y, mean, invstd))
 }
 
+/// y = x·scale[c] + shift[c] (+ residual), then max(y, 0) when `relu`: see `Backend::channel_affine`.
+pub fn channel_affine(
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    g: &NormGeom,
+) -> Result<Vec<f32>> {
+    let (c, hw) = (g.c, g.hw);
+    if x.len() != g.n * c * hw || scale.len() != c || shift.len() != c || residual.is_some_and(|r| r.len() != x.len()) {
+        return Err(crate::Error::shape(
+            "channel_affine",
+            format!(
+                "x has {} values, scale {}, shift {}, residual {:?}; expected [n={}, c={c}, hw={hw}], c, c and x's count",
+                x.len(),
+                scale.len(),
+                shift.len(),
+                residual.map(|r| r.len()),
+                g.n
+            ),
+        ));
+    }
+    if x.is_empty() || hw == 0 {
+        return Ok(Vec::new());
+    }
+    // One loop per variant, so each compiles to a straight vector loop.
+    Ok(build_rows(x.len(), hw, |r, yr| {
+        let (sc, sh) = (scale[r % c], shift[r % c]);
+        let xr = &x[r * hw..(r + 1) * hw];
+        match (residual, relu) {
+            (None, false) => yr.iter_mut().zip(xr).for_each(|(o, &v)| {
+                o.write(v * sc + sh);
+            }),
+            (None, true) => yr.iter_mut().zip(xr).for_each(|(o, &v)| {
+                o.write((v * sc + sh).max(0.0));
+            }),
+            (Some(res), false) => yr.iter_mut().zip(xr).zip(&res[r * hw..]).for_each(|((o, &v), &q)| {
+                o.write(v * sc + sh + q);
+            }),
+            (Some(res), true) => yr.iter_mut().zip(xr).zip(&res[r * hw..]).for_each(|((o, &v), &q)| {
+                o.write((v * sc + sh + q).max(0.0));
+            }),
+        }
+    }))
+}
+
 /// Returns (dx, dgamma[c], dbeta[c]).
 ///
 /// The batch mean is recomputed from x inside the pass that sums dy anyway (one subtraction per

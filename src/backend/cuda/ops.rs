@@ -705,6 +705,44 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         k::bn_apply(gpu, LaunchCfg::linear(x.len()), x, &shift, &invstd, gamma, beta, &mut y, &p)?;
         Ok((y, mean, invstd))
     }
+    fn channel_affine(
+        &self,
+        x: &Storage,
+        scale: &Storage,
+        shift: &Storage,
+        residual: Option<&Storage>,
+        relu: bool,
+        g: &NormGeom,
+    ) -> Result<Storage> {
+        let n = x.len();
+        if n != g.n * g.c * g.hw || scale.len() != g.c || shift.len() != g.c || residual.is_some_and(|r| r.len() != n) {
+            return Err(Error::shape(
+                "channel_affine",
+                format!(
+                    "x has {n} values, scale {}, shift {}; expected [{}, {}, {}]",
+                    scale.len(),
+                    shift.len(),
+                    g.n,
+                    g.c,
+                    g.hw
+                ),
+            ));
+        }
+        let mut y = self.gpu.alloc(n)?;
+        if n > 0 {
+            int("channel_affine", n)?;
+            let p = AffineParams {
+                n: g.n as i32,
+                c: g.c as i32,
+                hw: g.hw as i32,
+                relu: relu as i32,
+                has_residual: residual.is_some() as i32,
+            };
+            // Without a residual the kernel never reads that pointer; x stands in for it.
+            k::channel_affine(&self.gpu, LaunchCfg::linear(n), x, scale, shift, residual.unwrap_or(x), &mut y, &p)?;
+        }
+        Ok(y)
+    }
     fn batch_norm_backward(
         &self,
         x: &Storage,

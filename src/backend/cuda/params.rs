@@ -58,6 +58,8 @@ params! {
     pub struct LossParams { rows: i32, classes: i32, n: i32, inv_rows: f32 }
     /// x viewed as [n, c, hw] (batch norm); layer norm: n = rows, c = cols, hw = 1.
     pub struct NormParams { n: i32, c: i32, hw: i32, eps: f32, momentum: f32 }
+    /// channel_affine: x viewed as [n, c, hw]; flags 0/1.
+    pub struct AffineParams { n: i32, c: i32, hw: i32, relu: i32, has_residual: i32 }
     pub struct PermuteParams { n: i32, rank: i32, out_dims: [i32; MAX_RANK], src_strides: [i32; MAX_RANK] }
     pub struct SliceParams { outer: i32, inner: i32, len: i32, src_len: i32, src_start: i32, dst_len: i32, dst_start: i32 }
     /// Batch strides in elements; 0 broadcasts a single matrix over the batch.
