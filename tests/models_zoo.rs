@@ -457,6 +457,34 @@ fn forward_equals_forward_features_logits_in_eval_mode() {
     assert_eq!(a.len(), 10);
 }
 
+/// Eval mode under `no_grad` takes the fused inference path (batchnorm + shortcut + ReLU in one
+/// pass); with gradients recorded the same network runs the separate differentiable ops. Every
+/// feature map and the logits must agree bit for bit, for every model of the zoo.
+#[test]
+fn fused_inference_path_equals_the_recorded_path_for_every_model() {
+    for (k, name) in ZOO.iter().enumerate() {
+        let mut rng = Rng::seed(40 + k as u64);
+        let x = Tensor::randn([1, 3, 32, 32], 0.0, 1.0, &mut rng, CPU).unwrap();
+        let mut net = build(name, 10, &mut rng, CPU).unwrap();
+        kdscout::nn::eval(net.as_mut());
+        let fused = {
+            let _g = kdscout::autograd::no_grad();
+            net.forward_features(&x).unwrap()
+        };
+        let recorded = net.forward_features(&x.detach().requires_grad_()).unwrap();
+        assert!(recorded.logits.requires_grad(), "{name}: the recorded path must build a graph");
+        let bits = |t: &Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let maps = |f: &Features| {
+            let mut v: Vec<Tensor> = f.stages.iter().chain(&f.preact_stages).cloned().collect();
+            v.push(f.logits.clone());
+            v
+        };
+        for (i, (a, b)) in maps(&fused).iter().zip(maps(&recorded).iter()).enumerate() {
+            assert!(bits(a) == bits(b), "{name}: map {i} differs between the fused and the recorded path");
+        }
+    }
+}
+
 // ------------------------------------------------------------------ names and init
 
 fn state_shapes(name: &str) -> HashMap<String, Vec<usize>> {

@@ -71,7 +71,7 @@ impl<B: PreactBlock> StagedNet<B> {
 
 impl<B: PreactBlock> Network for StagedNet<B> {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
+        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
         let (stages, preact_stages) = staged_features(f0, &self.layers, |l, y| run_preact(&l.0, y, B::forward_preact))?;
         let final_map = stages.len() - 1;
         let pooled = stages[final_map].adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;

@@ -57,13 +57,13 @@ impl Bottleneck {
 impl PreactBlock for Bottleneck {
     /// The block's output and the residual sum before the final ReLU (`preact`).
     fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let out = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?)?.relu()?;
-        let out = self.bn3.forward(&self.conv3.forward(&out)?)?;
-        let pre = match &self.shortcut {
-            Some(s) => out.add(&s.forward(x)?)?,
-            None => out.add(x)?,
+        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
+        let out = self.bn2.forward_fused(&self.conv2.forward(&out)?, None, true)?;
+        let shortcut = match &self.shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
         };
+        let pre = self.bn3.forward_fused(&self.conv3.forward(&out)?, Some(&shortcut), false)?;
         Ok((pre.relu()?, pre))
     }
 }

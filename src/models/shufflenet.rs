@@ -61,8 +61,8 @@ impl ShuffleV1Block {
 impl PreactBlock for ShuffleV1Block {
     /// The block's output and its pre-activation (`preact`).
     fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let out = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?.channel_shuffle(self.shuffle_groups)?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?)?.relu()?;
+        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?.channel_shuffle(self.shuffle_groups)?;
+        let out = self.bn2.forward_fused(&self.conv2.forward(&out)?, None, true)?;
         let out = self.bn3.forward(&self.conv3.forward(&out)?)?;
         let pre = if self.stride == 2 {
             // shortcut = AvgPool2d(3, stride=2, padding=1) (count_include_pad), concatenated.
@@ -167,7 +167,7 @@ impl ShuffleV2Block {
         let c = x.dims().get(1).copied().unwrap_or(0) / 2;
         let x1 = x.narrow(1, 0, c)?;
         let x2 = x.narrow(1, c, x.dims()[1] - c)?;
-        let out = self.bn1.forward(&self.conv1.forward(&x2)?)?.relu()?;
+        let out = self.bn1.forward_fused(&self.conv1.forward(&x2)?, None, true)?;
         let out = self.bn2.forward(&self.conv2.forward(&out)?)?;
         let pre = self.bn3.forward(&self.conv3.forward(&out)?)?;
         let out = Tensor::concat(&[&x1, &pre.relu()?], 1)?.channel_shuffle(2)?;
@@ -332,9 +332,9 @@ impl ShuffleNetV2 {
 
 impl Network for ShuffleNetV2 {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
+        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
         let (stages, preact_stages) = staged_features(f0, &self.layers, ShuffleV2Stage::forward_preact)?;
-        let head = self.bn2.forward(&self.conv2.forward(&stages[3])?)?.relu()?;
+        let head = self.bn2.forward_fused(&self.conv2.forward(&stages[3])?, None, true)?;
         // F.avg_pool2d(out, 4) over the 4x4 map: the global average.
         let pooled = head.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.linear.forward(&pooled)?;

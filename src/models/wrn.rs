@@ -50,7 +50,7 @@ impl WrnBlock {
     pub fn forward_bn(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let b = self.bn1.forward(x)?;
         let a = b.relu()?;
-        let h = self.bn2.forward(&self.conv1.forward(&a)?)?.relu()?;
+        let h = self.bn2.forward_fused(&self.conv1.forward(&a)?, None, true)?;
         let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(&a)?,
