@@ -45,21 +45,27 @@ impl BasicBlock {
 }
 
 impl BasicBlock {
-    /// The block's output and the same sum before the final relu (mdistiller's `preact`).
-    pub fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x), followed by the final relu when `relu`.
+    fn tail(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
         let residual = match &self.downsample {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        let pre = self.bn2.forward_fused(&self.conv2.forward(&out)?, Some(&residual), false)?;
+        self.bn2.forward_fused(&self.conv2.forward(&out)?, Some(&residual), relu)
+    }
+
+    /// The block's output and the same sum before the final relu (mdistiller's `preact`).
+    pub fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let pre = self.tail(x, false)?;
         Ok((pre.relu()?, pre))
     }
 }
 
 impl Module for BasicBlock {
+    /// Without the preact, the relu joins the fused batchnorm + shortcut pass in inference.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_preact(x)?.0)
+        self.tail(x, true)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut v: Vec<(String, &dyn Module)> = vec![
@@ -147,12 +153,18 @@ impl CifarResNet {
 /// Runs a stage of BasicBlocks, returning its output and the last block's pre-activation sum.
 fn stage_preact(stage: &Sequential, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let (mut x, mut pre) = (x.clone(), x.clone());
-    for block in stage.layers() {
+    let blocks = stage.layers();
+    for (i, block) in blocks.iter().enumerate() {
         let b = block
             .as_any()
             .downcast_ref::<BasicBlock>()
             .ok_or_else(|| crate::Error::invalid("resnet", "stage of BasicBlocks"))?;
-        (x, pre) = b.forward_preact(&x)?;
+        // Only the last block's preact is a feature; the others skip materialising it.
+        if i + 1 == blocks.len() {
+            (x, pre) = b.forward_preact(&x)?;
+        } else {
+            x = b.forward(&x)?;
+        }
     }
     Ok((x, pre))
 }
