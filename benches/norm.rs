@@ -43,8 +43,8 @@ fn batch_norm(c: &mut Criterion) {
         group.throughput(Throughput::BytesDecimal((5 * len * 4) as u64));
         group.bench_function(format!("{n}x{ch}x{h}x{w}"), |b| {
             b.iter(|| {
-                let (y, mean, invstd) = be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, &g).unwrap();
-                let grads = be.batch_norm_backward(&x, &dy, &gamma, &mean, &invstd, &g).unwrap();
+                let (y, mean, invstd) = be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, false, &g).unwrap();
+                let grads = be.batch_norm_backward(&x, &dy, &gamma, &mean, &invstd, None, &g).unwrap();
                 black_box((y, grads))
             })
         });

@@ -88,7 +88,8 @@ KERNEL void __launch_bounds__(256) bn_apply(const float* __restrict__ x, const f
                                             const float* __restrict__ beta, float* __restrict__ y, NormParams p) {
     GRID_STRIDE(i, (long long)p.n * p.c * p.hw) {
         const int c = (int)((i / p.hw) % p.c);
-        y[i] = ((x[i] - shift[c]) - shift[c + p.c]) * (invstd[c] * gamma[c]) + beta[c];
+        const float v = ((x[i] - shift[c]) - shift[c + p.c]) * (invstd[c] * gamma[c]) + beta[c];
+        y[i] = p.relu ? fmaxf(v, 0.0f) : v;
     }
 }
 EMU_EXPORT(bn_apply)
@@ -110,11 +111,18 @@ KERNEL void __launch_bounds__(256) channel_affine(const float* __restrict__ x, c
 }
 EMU_EXPORT(channel_affine)
 
-// Per channel, with k the channel's first element and d = mean(x - k):
+// dy where the forward's ReLU passed (its output y > 0); dy itself when it had none (y unread).
+__device__ __forceinline__ float masked_dy(const float* __restrict__ dy, const float* __restrict__ y, long long j,
+                                           int relu) {
+    return relu && !(y[j] > 0.0f) ? 0.0f : dy[j];
+}
+
+// Per channel, with k the channel's first element and d = mean(x - k), dy masked by the ReLU:
 // sums[c] = sum dy, sums[C + c] = sum dy*(x - mean), sums[2C + c] = k, sums[3C + c] = d;
 // dgamma = sums[C + c] * invstd, dbeta = sum dy.
 KERNEL void __launch_bounds__(256) bn_bwd_stats(const float* __restrict__ x, const float* __restrict__ dy,
-                                                const float* __restrict__ invstd, float* __restrict__ sums,
+                                                const float* __restrict__ y, const float* __restrict__ invstd,
+                                                float* __restrict__ sums,
                                                 float* __restrict__ dgamma, float* __restrict__ dbeta, NormParams p) {
     SHARED(float, scratch, 32);
     const int c = blockIdx.x;
@@ -123,10 +131,10 @@ KERNEL void __launch_bounds__(256) bn_bwd_stats(const float* __restrict__ x, con
     float sx = 0.0f, sdy = 0.0f, sdyx = 0.0f;
     for (long long i = threadIdx.x; i < m; i += blockDim.x) {
         const long long j = ((i / p.hw) * p.c + c) * p.hw + i % p.hw;
-        const float xk = x[j] - k;
+        const float xk = x[j] - k, g = masked_dy(dy, y, j, p.relu);
         sx += xk;
-        sdy += dy[j];
-        sdyx += dy[j] * xk;
+        sdy += g;
+        sdyx += g * xk;
     }
     sx = block_sum(sx, scratch);
     sdy = block_sum(sdy, scratch);
@@ -145,7 +153,8 @@ EMU_EXPORT(bn_bwd_stats)
 
 // dx = a*dy - b*(x - mean) - a*sum(dy)/m with a = gamma*invstd, b = a*invstd^2*sum(dy*(x-mean))/m.
 KERNEL void __launch_bounds__(256) bn_bwd_apply(const float* __restrict__ x, const float* __restrict__ dy,
-                                                const float* __restrict__ invstd, const float* __restrict__ gamma,
+                                                const float* __restrict__ y, const float* __restrict__ invstd,
+                                                const float* __restrict__ gamma,
                                                 const float* __restrict__ sums, float* __restrict__ dx, NormParams p) {
     const float inv_m = 1.0f / ((float)p.n * (float)p.hw);
     GRID_STRIDE(i, (long long)p.n * p.c * p.hw) {
@@ -153,7 +162,7 @@ KERNEL void __launch_bounds__(256) bn_bwd_apply(const float* __restrict__ x, con
         const float inv = invstd[c], a = gamma[c] * inv;
         const float b = a * inv * inv * sums[c + p.c] * inv_m;
         const float xmu = (x[i] - sums[c + 2 * p.c]) - sums[c + 3 * p.c];
-        dx[i] = a * dy[i] - b * xmu - a * sums[c] * inv_m;
+        dx[i] = a * masked_dy(dy, y, i, p.relu) - b * xmu - a * sums[c] * inv_m;
     }
 }
 EMU_EXPORT(bn_bwd_apply)

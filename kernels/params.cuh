@@ -41,7 +41,8 @@
     F(int, m) F(int, n) F(int, k) F(int, trans_a) F(int, trans_b) F(long long, stride_a) F(long long, stride_b)
 
 // ---- normalisation: x viewed as [n, c, hw]; layer norm uses n = rows, c = cols, hw = 1 ----
-#define KDS_NORM_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(float, eps) F(float, momentum)
+// relu (batch norm only): bn_apply writes max(y, 0); the backward kernels mask dy by that output
+#define KDS_NORM_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(float, eps) F(float, momentum) F(int, relu)
 // channel_affine: y = x*scale[c] + shift[c] (+ residual when has_residual), ReLU when relu
 #define KDS_AFFINE_PARAMS(F, A) F(int, n) F(int, c) F(int, hw) F(int, relu) F(int, has_residual)
 

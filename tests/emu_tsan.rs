@@ -99,9 +99,12 @@ fn exercise_all() {
     let (bx, gam, bet) = (up(3 * 5 * 63, 10), up(5, 11), up(5, 12));
     let (mut rm, mut rv) = (be.full(5, 0.0).unwrap(), be.full(5, 1.0).unwrap());
     let ng = NormGeom { n: 3, c: 5, hw: 63, eps: 1e-5, momentum: 0.1 };
-    let (y, mean, inv) = be.batch_norm_train(&bx, &gam, &bet, &mut rm, &mut rv, &ng).unwrap();
-    let (dx, _, _) = be.batch_norm_backward(&bx, &y, &gam, &mean, &inv, &ng).unwrap();
+    let (y, mean, inv) = be.batch_norm_train(&bx, &gam, &bet, &mut rm, &mut rv, false, &ng).unwrap();
+    let (dx, _, _) = be.batch_norm_backward(&bx, &y, &gam, &mean, &inv, None, &ng).unwrap();
     finite(&dx, "batch_norm_backward");
+    let (yr, mean, inv) = be.batch_norm_train(&bx, &gam, &bet, &mut rm, &mut rv, true, &ng).unwrap();
+    let (dxr, _, _) = be.batch_norm_backward(&bx, &y, &gam, &mean, &inv, Some(&yr), &ng).unwrap();
+    finite(&dxr, "batch_norm_backward with relu");
     for residual in [None, Some(&dx)] {
         finite(&be.channel_affine(&bx, &gam, &bet, residual, true, &ng).unwrap(), "channel_affine");
     }

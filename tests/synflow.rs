@@ -62,12 +62,16 @@ fn replay_of_resnet8_matches_the_engine_in_train_mode_and_in_synflow_mode() {
 }
 
 /// A graph with every op the tape records: grouped/depthwise/strided convs, batch and layer
-/// norm, every unary op, broadcasting arithmetic, all pools, both resamplings, concat, narrow,
+/// norm (with and without its fused ReLU), every unary op, broadcasting arithmetic, all pools, both resamplings, concat, narrow,
 /// channel shuffle (5-d permute), batched and broadcast matmuls with transposes, softmax and
 /// log-softmax, sum, max, normalize, cross-entropy and KL.
 fn every_op_graph(p: &[Tensor], x: &Tensor, stats: &[Tensor]) -> Result<Tensor> {
     let [w1, b1, bn_g, bn_b, wd, wg, ln_g, ln_b, wq, wfc, bfc, shift] = p else { panic!("12 params") };
-    let h = x.conv2d(w1, (1, 1), (1, 1), 1)?.batch_norm_train(bn_g, bn_b, &stats[0], &stats[1], 0.1, 1e-5)?;
+    let h0 = x.conv2d(w1, (1, 1), (1, 1), 1)?;
+    // Plain batchnorm and batchnorm with its fused ReLU.
+    let h = h0
+        .batch_norm_train(bn_g, bn_b, &stats[0], &stats[1], 0.1, 1e-5)?
+        .add(&h0.batch_norm_train_act(bn_g, bn_b, &stats[0], &stats[1], 0.1, 1e-5, true)?)?;
     let h = h.add(&b1.reshape([1, 6, 1, 1])?)?.relu()?;
     let d = h.conv2d(wd, (2, 2), (1, 1), 6)?; // depthwise, stride 2: [2, 6, 4, 4]
     let terms = [

@@ -91,12 +91,14 @@ pub(crate) enum Op {
         x: Tensor,
         g: ResizeGeom,
     },
+    /// With `relu`, the output is max(bn(x), 0): the ReLU fused into the same op.
     BatchNormTrain {
         x: Tensor,
         gamma: Tensor,
         beta: Tensor,
         mean: Storage,
         invstd: Storage,
+        relu: bool,
         g: NormGeom,
     },
     LayerNorm {
@@ -411,8 +413,11 @@ fn backward_rule(op: &Op, y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>
         Op::Interpolate { mode, x, g } => {
             vec![Some(wrap(be.interpolate_backward(*mode, &dys, g)?, x))]
         }
-        Op::BatchNormTrain { x, gamma, beta, mean, invstd, g } => {
-            let (dx, dg, db) = be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, g)?;
+        Op::BatchNormTrain { x, gamma, beta, mean, invstd, relu, g } => {
+            let ys = y.storage();
+            let relu_out = relu.then_some(&*ys);
+            let (dx, dg, db) =
+                be.batch_norm_backward(&x.storage(), &dys, &gamma.storage(), mean, invstd, relu_out, g)?;
             vec![Some(wrap(dx, x)), Some(wrap(dg, gamma)), Some(wrap(db, beta))]
         }
         Op::LayerNorm { x, gamma, beta, mean, invstd, g } => {

@@ -638,7 +638,12 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
             let vx = v(x);
             resize_visit(g, Some(*mode), |o, i, wt| out[o] += wt * vx[i]);
         }
-        Op::BatchNormTrain { x, gamma, beta, g, .. } => out = norm_forward(v(x), v(gamma), v(beta), g, true),
+        Op::BatchNormTrain { x, gamma, beta, relu, g, .. } => {
+            out = norm_forward(v(x), v(gamma), v(beta), g, true);
+            if *relu {
+                out.iter_mut().for_each(|o| *o = o.max(0.0));
+            }
+        }
         Op::LayerNorm { x, gamma, beta, g, .. } => out = norm_forward(v(x), v(gamma), v(beta), g, false),
         Op::Softmax { x, g, log } => out = softmax_lines(v(x), *g, *log),
         Op::CrossEntropy { logits, labels } => {
@@ -790,7 +795,13 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
             resize_visit(g, Some(*mode), |o, i, wt| dx[i] += wt * dy[o]);
             vec![Some(dx)]
         }
-        Op::BatchNormTrain { x, gamma, g, .. } => norm_backward(v(x), dy, v(gamma), g, true).map(Some).into(),
+        Op::BatchNormTrain { x, gamma, relu: false, g, .. } => {
+            norm_backward(v(x), dy, v(gamma), g, true).map(Some).into()
+        }
+        Op::BatchNormTrain { x, gamma, relu: true, g, .. } => {
+            let masked: Vec<f64> = dy.iter().zip(v(y)).map(|(&d, &o)| if o > 0.0 { d } else { 0.0 }).collect();
+            norm_backward(v(x), &masked, v(gamma), g, true).map(Some).into()
+        }
         Op::LayerNorm { x, gamma, g, .. } => norm_backward(v(x), dy, v(gamma), g, false).map(Some).into(),
         Op::Softmax { g, log, .. } => {
             let vy = v(y);

@@ -444,7 +444,9 @@ pub trait Backend: Send + Sync {
 
     // ---- normalisation ----
     /// Train-mode batchnorm: returns (y, batch mean, 1/sqrt(biased var + eps)) and updates the
-    /// running statistics with `momentum` and the unbiased variance.
+    /// running statistics with `momentum` and the unbiased variance. With `relu`, y is the
+    /// activated output max(bn(x), 0) (the ReLU that follows most batchnorms, in the same pass).
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_train(
         &self,
         x: &Storage,
@@ -452,6 +454,7 @@ pub trait Backend: Send + Sync {
         beta: &Storage,
         running_mean: &mut Storage,
         running_var: &mut Storage,
+        relu: bool,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)>;
     /// y = x·scale[c] + shift[c], plus `residual` when given, then ReLU when `relu`; x viewed as
@@ -468,7 +471,9 @@ pub trait Backend: Send + Sync {
         relu: bool,
         g: &NormGeom,
     ) -> Result<Storage>;
-    /// Backward of train-mode batchnorm: (dx, dgamma, dbeta).
+    /// Backward of train-mode batchnorm: (dx, dgamma, dbeta). `relu_out`: the forward's output
+    /// when it applied the ReLU; dy then flows only where that output is positive.
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_backward(
         &self,
         x: &Storage,
@@ -476,6 +481,7 @@ pub trait Backend: Send + Sync {
         gamma: &Storage,
         mean: &Storage,
         invstd: &Storage,
+        relu_out: Option<&Storage>,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)>;
     /// Layer norm over the last axis of x viewed as [rows, cols] (g.n = rows, g.c = cols):

@@ -318,6 +318,10 @@ impl BatchNorm {
     /// no gradient recorded this is one pass over x (`Tensor::batch_norm_eval_fused`), the frozen
     /// teacher's case; otherwise the separate ops. Values are the same either way.
     pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        if self.training && relu && residual.is_none() && !BYPASS_BATCHNORM.with(|b| b.get()) {
+            // Train mode: batchnorm and ReLU as one op (one pass less forward and backward).
+            return self.forward_train(x, true);
+        }
         let y = if self.training || BYPASS_BATCHNORM.with(|b| b.get()) {
             self.forward(x)?
         } else {
@@ -334,6 +338,18 @@ impl BatchNorm {
         } else {
             Ok(y)
         }
+    }
+
+    /// Train mode: batch statistics, running statistics and the batch counter updated.
+    fn forward_train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        let (w, b) = self.affine()?;
+        // PyTorch counts the batch first, so momentum=None averages over all batches so far.
+        let batches = self.num_batches_tracked.item()? + 1.0;
+        let factor = self.momentum.unwrap_or(1.0 / batches);
+        let y = x.batch_norm_train_act(w, b, &self.running_mean, &self.running_var, factor, self.eps, relu)?;
+        self.num_batches_tracked.copy_from_slice(&[batches])?;
+        Ok(y)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -360,12 +376,7 @@ impl Module for BatchNorm {
         if !self.training {
             return x.batch_norm_eval(w, b, &self.running_mean, &self.running_var, self.eps);
         }
-        // PyTorch counts the batch first, so momentum=None averages over all batches so far.
-        let batches = self.num_batches_tracked.item()? + 1.0;
-        let factor = self.momentum.unwrap_or(1.0 / batches);
-        let y = x.batch_norm_train(w, b, &self.running_mean, &self.running_var, factor, self.eps)?;
-        self.num_batches_tracked.copy_from_slice(&[batches])?;
-        Ok(y)
+        self.forward_train(x, false)
     }
     fn local_tensors(&self) -> Vec<LocalTensor> {
         let mut v = Vec::new();

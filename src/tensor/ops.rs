@@ -447,6 +447,22 @@ impl Tensor {
         momentum: f32,
         eps: f32,
     ) -> Result<Tensor> {
+        self.batch_norm_train_act(gamma, beta, running_mean, running_var, momentum, eps, false)
+    }
+
+    /// Train-mode batchnorm followed by ReLU when `relu`, as one op: one pass less over the
+    /// activations forward and backward than `batch_norm_train(..)?.relu()`, same values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_train_act(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f32,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Tensor> {
         if self.rank() < 2 {
             shape_err!("batch_norm", "input needs shape [n, c, ...], got {}", self.shape());
         }
@@ -460,12 +476,13 @@ impl Tensor {
         let (y, mean, invstd) = {
             let mut rm = running_mean.storage_mut();
             let mut rv = running_var.storage_mut();
-            self.backend().batch_norm_train(&self.storage(), &gamma.storage(), &beta.storage(), &mut rm, &mut rv, &g)?
+            let (x, gamma, beta) = (self.storage(), gamma.storage(), beta.storage());
+            self.backend().batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, relu, &g)?
         };
         Ok(Tensor::from_op(
             y,
             self.shape().clone(),
-            Op::BatchNormTrain { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, g },
+            Op::BatchNormTrain { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), mean, invstd, relu, g },
         ))
     }
 

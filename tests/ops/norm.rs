@@ -40,20 +40,39 @@ pub fn bn_train_ref(x: &[f64], gamma: &[f64], beta: &[f64], shape: &[usize]) -> 
 }
 
 fn check_bn_train(dev: Device, shape: &[usize], x: Input, tol: Tol) {
+    check_bn_train_act(dev, shape, x, tol, false)
+}
+
+/// Train-mode batchnorm, with the ReLU fused into the op when `relu` (forward and gradients of
+/// x, gamma and beta against the f64 definition of batchnorm followed by max(·, 0)).
+fn check_bn_train_act(dev: Device, shape: &[usize], x: Input, tol: Tol, relu: bool) {
     let c = shape[1];
     let s = shape.to_vec();
     check_op(
         dev,
-        &format!("batch_norm_train {shape:?}"),
+        &format!("batch_norm_train {shape:?} relu {relu}"),
         &[x, Input::new(&[c], 21), Input::new(&[c], 22)],
         |t| {
             let rm = Tensor::zeros([c], dev)?;
             let rv = Tensor::ones([c], dev)?;
-            t[0].batch_norm_train(&t[1], &t[2], &rm, &rv, 0.1, EPS)
+            t[0].batch_norm_train_act(&t[1], &t[2], &rm, &rv, 0.1, EPS, relu)
         },
-        |xs| bn_train_ref(&xs[0], &xs[1], &xs[2], &s),
+        |xs| {
+            let y = bn_train_ref(&xs[0], &xs[1], &xs[2], &s);
+            if relu {
+                y.into_iter().map(|v| v.max(0.0)).collect()
+            } else {
+                y
+            }
+        },
         tol,
     );
+}
+
+pub fn batch_norm_train_relu(dev: Device) {
+    for shape in [&[4, 3, 5, 5][..], &[1, 5, 7, 7], &[16, 5], &[8, 3, 40, 40]] {
+        check_bn_train_act(dev, shape, Input::new(shape, 24), Tol::default(), true);
+    }
 }
 
 pub fn batch_norm_train_shapes(dev: Device) {
@@ -284,6 +303,10 @@ macro_rules! norm_tests {
             #[test]
             fn batch_norm_eval_mode() {
                 crate::norm::batch_norm_eval_mode($dev)
+            }
+            #[test]
+            fn batch_norm_train_relu() {
+                crate::norm::batch_norm_train_relu($dev)
             }
             #[test]
             fn batch_norm_eval_fused() {

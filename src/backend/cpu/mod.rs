@@ -136,6 +136,7 @@ impl Backend for CpuBackend {
         beta: &Storage,
         running_mean: &mut Storage,
         running_var: &mut Storage,
+        relu: bool,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
         let r = norm::batch_norm_train(
@@ -144,6 +145,7 @@ impl Backend for CpuBackend {
             beta.as_cpu()?,
             running_mean.as_cpu_mut()?,
             running_var.as_cpu_mut()?,
+            relu,
             g,
         )?;
         Ok(triple(r))
@@ -167,6 +169,7 @@ impl Backend for CpuBackend {
         gamma: &Storage,
         mean: &Storage,
         invstd: &Storage,
+        relu_out: Option<&Storage>,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
         Ok(triple(norm::batch_norm_backward(
@@ -175,6 +178,7 @@ impl Backend for CpuBackend {
             gamma.as_cpu()?,
             mean.as_cpu()?,
             invstd.as_cpu()?,
+            relu_out.map(|y| y.as_cpu()).transpose()?,
             g,
         )?))
     }

@@ -50,28 +50,41 @@ fn shifted_sums(v: &[f32], k: f32) -> (f64, f64) {
     (s1, s2)
 }
 
-/// (Σ(x−k), Σ dy, Σ dy·(x−k)) over matching slices.
-fn backward_sums(x: &[f32], dy: &[f32], k: f32) -> (f64, f64, f64) {
+/// dy where the forward's ReLU passed (its output y > 0), else 0; dy itself without a ReLU.
+#[inline(always)]
+fn masked<const RELU: bool>(dy: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 {
+        0.0
+    } else {
+        dy
+    }
+}
+
+/// (Σ(x−k), Σ dy, Σ dy·(x−k)) over matching slices; with RELU, dy masked by y (else y unread).
+fn backward_sums<const RELU: bool>(x: &[f32], dy: &[f32], y: &[f32], k: f32) -> (f64, f64, f64) {
     let (mut s1, mut s2, mut s3) = (0.0f64, 0.0f64, 0.0f64);
-    for (xb, db) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)) {
+    for ((xb, db), yb) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)).zip(y.chunks(BLOCK)) {
         let mut a = [0.0f32; LANES];
         let mut b = [0.0f32; LANES];
         let mut c = [0.0f32; LANES];
         let mut xi = xb.chunks_exact(LANES);
         let mut di = db.chunks_exact(LANES);
-        for (xc, dc) in (&mut xi).zip(&mut di) {
+        let mut yi = yb.chunks_exact(LANES);
+        for ((xc, dc), yc) in (&mut xi).zip(&mut di).zip(&mut yi) {
             for l in 0..LANES {
                 let d = xc[l] - k;
+                let g = masked::<RELU>(dc[l], yc[l]);
                 a[l] += d;
-                b[l] += dc[l];
-                c[l] += dc[l] * d;
+                b[l] += g;
+                c[l] += g * d;
             }
         }
-        for (l, (&xv, &dv)) in xi.remainder().iter().zip(di.remainder()).enumerate() {
+        for (l, ((&xv, &dv), &yv)) in xi.remainder().iter().zip(di.remainder()).zip(yi.remainder()).enumerate() {
             let d = xv - k;
+            let g = masked::<RELU>(dv, yv);
             a[l] += d;
-            b[l] += dv;
-            c[l] += dv * d;
+            b[l] += g;
+            c[l] += g * d;
         }
         s1 += a.iter().map(|&t| t as f64).sum::<f64>();
         s2 += b.iter().map(|&t| t as f64).sum::<f64>();
@@ -113,6 +126,7 @@ pub fn batch_norm_train(
     beta: &[f32],
     running_mean: &mut [f32],
     running_var: &mut [f32],
+    relu: bool,
     g: &NormGeom,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (c, hw) = (g.c, g.hw);
@@ -153,12 +167,19 @@ pub fn batch_norm_train(
         running_var[ch] = ((1.0 - mom) * running_var[ch] as f64 + mom * var_unbiased) as f32;
     }
 
-    // Pass 2: normalise.
+    // Pass 2: normalise (and activate).
     let y = build_rows(x.len(), hw, |r, yr| {
         let ch = r % c;
         let (k, sc, off) = (shift[ch], scale[ch], offset[ch]);
-        for (o, &v) in yr.iter_mut().zip(&x[r * hw..(r + 1) * hw]) {
-            o.write((v - k) * sc + off);
+        let xr = &x[r * hw..(r + 1) * hw];
+        if relu {
+            yr.iter_mut().zip(xr).for_each(|(o, &v)| {
+                o.write(((v - k) * sc + off).max(0.0));
+            });
+        } else {
+            yr.iter_mut().zip(xr).for_each(|(o, &v)| {
+                o.write((v - k) * sc + off);
+            });
         }
     });
     Ok((y, mean, invstd))
@@ -222,6 +243,7 @@ pub fn batch_norm_backward(
     gamma: &[f32],
     _mean: &[f32],
     invstd: &[f32],
+    relu_out: Option<&[f32]>,
     g: &NormGeom,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (c, hw) = (g.c, g.hw);
@@ -229,10 +251,27 @@ pub fn batch_norm_backward(
     if m == 0 || c == 0 {
         return Ok((vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]));
     }
+    if let Some(y) = relu_out {
+        if y.len() != x.len() {
+            return Err(crate::Error::shape(
+                "batch_norm_backward",
+                format!("relu output has {} values, x has {}", y.len(), x.len()),
+            ));
+        }
+    }
     let shift: Vec<f32> = (0..c).map(|ch| x[ch * hw]).collect();
+    // Without a ReLU the mask operand is dy itself, never read.
+    let (relu, y) = (relu_out.is_some(), relu_out.unwrap_or(dy));
 
     // Pass 1: Σ(x−K), Σdy, Σdy·(x−K) per row, folded into channels.
-    let rows = map_rows(x, hw, |r, xr| backward_sums(xr, &dy[r * hw..(r + 1) * hw], shift[r % c]));
+    let rows = map_rows(x, hw, |r, xr| {
+        let span = r * hw..(r + 1) * hw;
+        if relu {
+            backward_sums::<true>(xr, &dy[span.clone()], &y[span], shift[r % c])
+        } else {
+            backward_sums::<false>(xr, &dy[span.clone()], &y[span], shift[r % c])
+        }
+    });
     let mut sx = vec![0.0f64; c];
     let mut sdy = vec![0.0f64; c];
     let mut sdyx = vec![0.0f64; c];
@@ -267,8 +306,15 @@ pub fn batch_norm_backward(
         let ch = r % c;
         let (k, a, b, k0) = (shift[ch], ca[ch], cb[ch], cst[ch]);
         let span = r * hw..(r + 1) * hw;
-        for ((o, &xv), &d) in dr.iter_mut().zip(&x[span.clone()]).zip(&dy[span]) {
-            o.write(a * d - b * (xv - k) + k0);
+        let rows = dr.iter_mut().zip(&x[span.clone()]).zip(&dy[span.clone()]).zip(&y[span]);
+        if relu {
+            rows.for_each(|(((o, &xv), &d), &yv)| {
+                o.write(a * masked::<true>(d, yv) - b * (xv - k) + k0);
+            });
+        } else {
+            rows.for_each(|(((o, &xv), &d), _)| {
+                o.write(a * d - b * (xv - k) + k0);
+            });
         }
     });
     Ok((dx, dgamma, dbeta))

@@ -163,8 +163,8 @@ kernels! {
     "norm" {
         bn_stats(x: i, mean: o, invstd: o, running_mean: o, running_var: o, shift: o; NormParams);
         bn_apply(x: i, shift: i, invstd: i, gamma: i, beta: i, y: o; NormParams);
-        bn_bwd_stats(x: i, dy: i, invstd: i, sums: o, dgamma: o, dbeta: o; NormParams);
-        bn_bwd_apply(x: i, dy: i, invstd: i, gamma: i, sums: i, dx: o; NormParams);
+        bn_bwd_stats(x: i, dy: i, y: i, invstd: i, sums: o, dgamma: o, dbeta: o; NormParams);
+        bn_bwd_apply(x: i, dy: i, y: i, invstd: i, gamma: i, sums: i, dx: o; NormParams);
         channel_affine(x: i, scale: i, shift: i, residual: i, y: o; AffineParams);
         ln_fwd(x: i, gamma: i, beta: i, y: o, mean: o, invstd: o; NormParams);
         ln_bwd_dx(x: i, dy: i, gamma: i, invstd: i, dx: o, rowstats: o; NormParams);

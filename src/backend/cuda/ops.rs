@@ -41,7 +41,7 @@ fn rank_dims(op: &'static str, dims: &[usize]) -> Result<[i32; MAX_RANK]> {
 
 fn norm_params(op: &'static str, g: &NormGeom) -> Result<NormParams> {
     int(op, g.n * g.c * g.hw)?;
-    Ok(NormParams { n: g.n as i32, c: g.c as i32, hw: g.hw as i32, eps: g.eps, momentum: g.momentum })
+    Ok(NormParams { n: g.n as i32, c: g.c as i32, hw: g.hw as i32, eps: g.eps, momentum: g.momentum, relu: 0 })
 }
 
 fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
@@ -691,12 +691,13 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         beta: &Storage,
         running_mean: &mut Storage,
         running_var: &mut Storage,
+        relu: bool,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
         if g.n * g.hw == 0 || g.c == 0 {
             return Ok((self.copy(x)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
         }
-        let p = norm_params("batch_norm_train", g)?;
+        let p = NormParams { relu: relu as i32, ..norm_params("batch_norm_train", g)? };
         let gpu = &self.gpu;
         let (mut mean, mut invstd, mut y) = (gpu.alloc(g.c)?, gpu.alloc(g.c)?, gpu.alloc(x.len())?);
         let mut shift = gpu.alloc(2 * g.c)?;
@@ -750,18 +751,24 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         gamma: &Storage,
         mean: &Storage,
         invstd: &Storage,
+        relu_out: Option<&Storage>,
         g: &NormGeom,
     ) -> Result<(Storage, Storage, Storage)> {
         if g.n * g.hw == 0 || g.c == 0 {
             return Ok((self.full(x.len(), 0.0)?, self.full(g.c, 0.0)?, self.full(g.c, 0.0)?));
         }
-        let p = norm_params("batch_norm_backward", g)?;
+        if relu_out.is_some_and(|y| y.len() != x.len()) {
+            return Err(Error::shape("batch_norm_backward", "the relu output must have x's length".to_string()));
+        }
+        let p = NormParams { relu: relu_out.is_some() as i32, ..norm_params("batch_norm_backward", g)? };
+        // Without a ReLU the kernels never read the mask operand; dy stands in for it.
+        let y = relu_out.unwrap_or(dy);
         let gpu = &self.gpu;
         let _ = mean; // recomputed with a shift in bn_bwd_stats, for precision far from zero
         let (mut sums, mut dgamma, mut dbeta, mut dx) =
             (gpu.alloc(4 * g.c)?, gpu.alloc(g.c)?, gpu.alloc(g.c)?, gpu.alloc(x.len())?);
-        k::bn_bwd_stats(gpu, LaunchCfg::blocks(g.c, 256), x, dy, invstd, &mut sums, &mut dgamma, &mut dbeta, &p)?;
-        k::bn_bwd_apply(gpu, LaunchCfg::linear(x.len()), x, dy, invstd, gamma, &sums, &mut dx, &p)?;
+        k::bn_bwd_stats(gpu, LaunchCfg::blocks(g.c, 256), x, dy, y, invstd, &mut sums, &mut dgamma, &mut dbeta, &p)?;
+        k::bn_bwd_apply(gpu, LaunchCfg::linear(x.len()), x, dy, y, invstd, gamma, &sums, &mut dx, &p)?;
         Ok((dx, dgamma, dbeta))
     }
     fn layer_norm(

@@ -56,8 +56,9 @@ params! {
     /// Reductions over the middle axis of [outer, len, inner]; `flag` = log for softmax.
     pub struct AxisParams { outer: i32, len: i32, inner: i32, flag: i32, eps: f32 }
     pub struct LossParams { rows: i32, classes: i32, n: i32, inv_rows: f32 }
-    /// x viewed as [n, c, hw] (batch norm); layer norm: n = rows, c = cols, hw = 1.
-    pub struct NormParams { n: i32, c: i32, hw: i32, eps: f32, momentum: f32 }
+    /// x viewed as [n, c, hw] (batch norm); layer norm: n = rows, c = cols, hw = 1. `relu`
+    /// (batch norm): the forward activates, the backward masks dy by the activated output.
+    pub struct NormParams { n: i32, c: i32, hw: i32, eps: f32, momentum: f32, relu: i32 }
     /// channel_affine: x viewed as [n, c, hw]; flags 0/1.
     pub struct AffineParams { n: i32, c: i32, hw: i32, relu: i32, has_residual: i32 }
     pub struct PermuteParams { n: i32, rank: i32, out_dims: [i32; MAX_RANK], src_strides: [i32; MAX_RANK] }
