@@ -359,12 +359,14 @@ impl<G: Gpu> Bench<'_, G> {
             let shape = format!("x{}", dims(&[b, c, side, side]));
             let be = self.be;
             // Forward: statistics (one block per channel) + apply; at least x read, y written.
+            // The statistics run one block per channel: c blocks on the GPU's SMs.
+            let stats = format!("occupancy (statistics: {c} blocks); x read twice");
             let id = format!("batchnorm/train_fwd/{case}");
-            self.run(&id, shape.clone(), Work::floats(2 * n), "memory (x read twice)", || {
+            self.run(&id, shape.clone(), Work::floats(2 * n), &stats, || {
                 be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, &g)
             });
             let id = format!("batchnorm/train_bwd/{case}");
-            self.run(&id, shape.clone(), Work::floats(3 * n), "memory (x, dy read twice)", || {
+            self.run(&id, shape.clone(), Work::floats(3 * n), &stats.replace("x read", "x, dy read"), || {
                 be.batch_norm_backward(&x, &dy, &gamma, &mean, &invstd, &g)
             });
             // Eval mode is the Tensor op (running statistics folded into a per-channel affine).
@@ -385,7 +387,8 @@ impl<G: Gpu> Bench<'_, G> {
         self.run("layernorm/fwd/vit", shape.clone(), Work::floats(2 * rows * cols), "memory", || {
             be.layer_norm(&x, &gamma, &beta, &g)
         });
-        self.run("layernorm/bwd/vit", shape, Work::floats(3 * rows * cols), "memory", || {
+        let bound = format!("latency (dgamma, dbeta: {cols} threads over {rows} rows)");
+        self.run("layernorm/bwd/vit", shape, Work::floats(3 * rows * cols), &bound, || {
             be.layer_norm_backward(&x, &dy, &gamma, &mean, &invstd, &g)
         });
     }
@@ -476,7 +479,8 @@ impl<G: Gpu> Bench<'_, G> {
             let hw = side * side;
             let x = self.up(b * c * hw);
             let shape = format!("x{}", dims(&[b, c, side, side]));
-            self.run(&format!("attention/at_map/{case}"), shape, Work::floats(b * c * hw + b * hw), "memory", || {
+            let work = Work::floats(b * c * hw + b * hw);
+            self.run(&format!("attention/at_map/{case}"), shape, work, "occupancy (one block a sample)", || {
                 be.attention_map(&x, b, c, hw, 1e-12)
             });
         }
