@@ -190,6 +190,9 @@ impl Gpu for CudaGpu {
         }
         .map_err(|e| drv(k.name, e))
     }
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| drv("synchronize", e))
+    }
 }
 
 type Registry = Mutex<HashMap<usize, &'static GpuBackend<CudaGpu>>>;
@@ -209,11 +212,18 @@ pub fn device(ordinal: usize) -> Result<Device> {
     Ok(Device::Cuda(ordinal))
 }
 
+/// The kernel backend of GPU `ordinal`, probed first (driver present, device exists, kernels
+/// load): for callers that need more than the `Backend` ops, such as the proxy kernels
+/// (`GpuBackend::gram`, ...) or [`Gpu::synchronize`] in the kernel benchmarks.
+pub fn gpu_backend(ordinal: usize) -> Result<&'static GpuBackend<CudaGpu>> {
+    device(ordinal)?;
+    Ok(registry().lock().expect("cuda registry lock")[&ordinal])
+}
+
 /// The backend of a probed GPU. A `Device::Cuda` made without [`device`] is probed here; if
 /// that fails there is no backend to return, so this panics with the probe's message.
 pub(crate) fn backend(ordinal: usize) -> &'static GpuBackend<CudaGpu> {
-    if let Err(e) = device(ordinal) {
-        panic!("Device::Cuda({ordinal}) used without a usable GPU: {e} (create devices with Device::parse)");
-    }
-    registry().lock().expect("cuda registry lock")[&ordinal]
+    gpu_backend(ordinal).unwrap_or_else(|e| {
+        panic!("Device::Cuda({ordinal}) used without a usable GPU: {e} (create devices with Device::parse)")
+    })
 }

@@ -136,6 +136,9 @@ impl Gpu for EmuGpu {
         }
         Ok(())
     }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 static LAUNCHED: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =

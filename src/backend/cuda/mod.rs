@@ -65,4 +65,8 @@ pub trait Gpu: Send + Sync + 'static {
     /// `args` must match the kernel's parameter list in number, order and type, and every device
     /// pointer must cover what the kernel reads and writes under `cfg`.
     unsafe fn launch(&self, k: &KernelSig, cfg: LaunchCfg, args: &mut [*mut c_void]) -> Result<()>;
+    /// Wait until every launch and copy issued so far has finished (launches are asynchronous
+    /// on a GPU; the emulator runs each launch to completion, so there it returns at once).
+    /// Benchmarks call it before reading the clock.
+    fn synchronize(&self) -> Result<()>;
 }
