@@ -355,7 +355,8 @@ impl<G: Gpu> Bench<'_, G> {
             let g = NormGeom { n: b, c, hw, eps: 1e-5, momentum: 0.1 };
             let (x, dy, gamma, beta) = (self.up(n), self.up(n), self.up(c), self.up(c));
             let (mut rm, mut rv) = (self.be.full(c, 0.0).unwrap(), self.be.full(c, 1.0).unwrap());
-            let (_, mean, invstd) = self.be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, &g).unwrap();
+            let (_, mean, invstd) = self.be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, false, &g).unwrap();
+            let (y_relu, ..) = self.be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, true, &g).unwrap();
             let shape = format!("x{}", dims(&[b, c, side, side]));
             let be = self.be;
             // Forward: statistics (one block per channel) + apply; at least x read, y written.
@@ -363,11 +364,16 @@ impl<G: Gpu> Bench<'_, G> {
             let stats = format!("occupancy (statistics: {c} blocks); x read twice");
             let id = format!("batchnorm/train_fwd/{case}");
             self.run(&id, shape.clone(), Work::floats(2 * n), &stats, || {
-                be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, &g)
+                be.batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, false, &g)
             });
             let id = format!("batchnorm/train_bwd/{case}");
             self.run(&id, shape.clone(), Work::floats(3 * n), &stats.replace("x read", "x, dy read"), || {
-                be.batch_norm_backward(&x, &dy, &gamma, &mean, &invstd, &g)
+                be.batch_norm_backward(&x, &dy, &gamma, &mean, &invstd, None, &g)
+            });
+            // With the fused ReLU: the backward also reads the activated output as its mask.
+            let id = format!("batchnorm/train_bwd_relu/{case}");
+            self.run(&id, shape.clone(), Work::floats(4 * n), &stats.replace("x read", "x, dy, y read"), || {
+                be.batch_norm_backward(&x, &dy, &gamma, &mean, &invstd, Some(&y_relu), &g)
             });
             // Eval mode is the Tensor op (running statistics folded into a per-channel affine).
             let xt = self.tensor(&[b, c, side, side]);
