@@ -18,6 +18,8 @@
 //! CPU has it: with 8- to 32-pixel rows the copies, not the GEMM, would otherwise dominate).
 
 use super::matmul::{par_for, sgemm, MatMut, MatRef, SendPtr, PAR_MIN_FLOPS};
+#[cfg(target_arch = "x86_64")]
+use super::winograd;
 use crate::backend::Conv2dGeom;
 use crate::error::Result;
 use gemm::Parallelism;
@@ -42,7 +44,7 @@ thread_local! {
 
 /// Runs `f` on a per-thread scratch buffer of `len` floats (contents unspecified), reused
 /// across calls so big column buffers are not re-faulted in for every tile.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
@@ -297,7 +299,7 @@ mod avx512 {
     }
 }
 
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -335,7 +337,7 @@ fn job_par(jobs: usize, flops_per_job: f64) -> Parallelism {
 }
 
 /// Runs `f(job)` for job in 0..jobs, in parallel when there is enough work to share.
-fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
+pub(super) fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
     if jobs <= 1 || total_flops < PAR_MIN_FLOPS {
         (0..jobs).for_each(f);
     } else {
@@ -345,6 +347,10 @@ fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
 
 /// y [n, c_out, h_out, w_out] = conv(x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw]).
 pub fn conv2d(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if winograd::applies(g) {
+        return Ok(winograd::forward(x, w, g));
+    }
     #[cfg(target_arch = "x86_64")]
     if direct::applies(g) {
         return Ok(direct::forward(x, w, g));
@@ -359,6 +365,10 @@ pub fn conv2d(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
 
 /// dx [n, c_in, h, w] from dy [n, c_out, h_out, w_out] and w.
 pub fn conv2d_backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if winograd::applies(g) {
+        return Ok(winograd::backward_data(dy, w, g));
+    }
     #[cfg(target_arch = "x86_64")]
     if direct::applies(g) {
         return Ok(direct::backward_data(dy, w, g));
