@@ -12,27 +12,33 @@
 //! V[ξ][ci][t] replaces the convolution's sum; the output tile is Y = Aᵀ M A. That is 16
 //! multiplies per 4 outputs instead of 36 (2.25x fewer), plus the transforms' additions.
 //!
-//! Layout and blocking. A job is a group of whole images (`imgs` of them, enough for >= 64
-//! tiles, so 8x8 maps still give the GEMM 4 tile vectors). Per job, in one thread-local
-//! scratch buffer that stays in L2 (`applies` caps its size):
-//! - xp [imgs][c_in][l]: zero-padded input planes, rows of `wp = 2·tw + 2` floats, `hp = 2·th + 2`
-//!   rows, plus 32 floats of slack so every 16-lane load of a row stays inside the plane;
-//! - v [16][c_in][tp] (position stride c_in·tp + 16, see `conv`): transformed inputs, tiles t = (img·th + ty)·tw + tx contiguous
-//!   (tp = tiles rounded up to 16; lanes past the last tile are zeroed and never stored);
-//! - m [16][c_out][tp] (position stride c_out·tp + 16, +16 slack): GEMM results.
+//! Layout and blocking. Tiles map to the 16 lanes of a vector in "slots" (see `Plan`): 16
+//! tiles of one tile row, or for narrow maps (tw <= 8) k = 16 / sw tile rows of sw tiles (sw =
+//! tw rounded up to a power of two), so a 16x16 map fills a slot with 2 tile rows and an 8x8
+//! map with 4. A job is a group of whole images (several when one image has fewer than NV
+//! slots). Per job, in one thread-local scratch buffer:
+//! - xp [imgs][c_in][l]: zero-padded input planes, rows of `wp = 2·tw + 2` floats, plus 32
+//!   floats of slack so every load of a row stays inside the plane;
+//! - v [16][c_in][BW]: transformed inputs of one block of NV slots (BW = 16·NV lanes), position
+//!   stride c_in·BW + 16 (one cache line more, so the 16 position streams do not share an L1 set);
+//! - m [16][c_out][BW] (stride c_out·BW + 16): GEMM results of that block.
+//! Each block of NV slots goes through input transform, GEMM and output transform in turn, so
+//! v and m stay in L1/L2 (64 KiB each at 16 channels).
 //!
-//! The input transform works on one tile row and up to 16 tiles of it at once: each input row
-//! of the patch is loaded as 2x2 zmm (columns 2tx0.. and 2tx0+2..) and split into even/odd
-//! columns with `vpermt2ps`, so lane k holds tile tx0+k; the results are stored with a mask of
-//! the row's valid tiles. The GEMM is register-blocked as NV (<= 4) tile vectors x NC (<= 6)
-//! output channels of zmm accumulators, weights broadcast from U laid out [ξ][co block][ci][c].
-//! The output transform loads the 16 M vectors of 16 tiles of one row, combines them, and
-//! re-interleaves the two output columns of each tile with `vpermt2ps` into masked row stores
-//! (an odd width or height leaves the last tile's second column or row unstored).
+//! The input transform of one slot loads each patch row as a pair of zmm (columns 2tx0.. and
+//! 2tx0+2.. of one row, or of the slot's k rows, see `patch_pair`) and splits even/odd columns
+//! with `vpermt2ps`, so lane L holds its tile's d[i][j]. The GEMM is register-blocked as NV (4)
+//! tile vectors x cb (4 or 6, `channel_block`) output channels of zmm accumulators, weights
+//! broadcast from U laid out [ξ][co block][ci][c]. The output transform loads the 16 M vectors
+//! of a slot, combines them, and re-interleaves the two output columns of each tile with
+//! `vpermt2ps` into masked row stores (an odd width or height leaves the last tile's second
+//! column or row unstored; lanes outside the map are never stored).
 //!
 //! Invariants: every output element is written exactly once; the sums are done in a fixed
 //! order (Σ over c_in in index order, then the fixed transform), independent of how images are
-//! grouped into jobs or which thread runs them, so results are bit-identical on every run.
+//! grouped into jobs or blocks or which thread runs them, so results are bit-identical on every
+//! run. Lanes outside the map (and of absent images in a short last block) compute finite junk
+//! from neighbouring pixels, zeros or stale scratch, and are never stored.
 //! Backward data of such a conv is the same conv of dy with the weights flipped and c_in/c_out
 //! swapped (padding 3−1−1 = 1), so it reuses the same path.
 
@@ -43,12 +49,22 @@ use std::arch::x86_64::*;
 
 /// Tile vectors (of 16 tiles) per GEMM block.
 const NV: usize = 4;
-/// Output channels per GEMM block: NV·NC accumulators + NV inputs + 1 broadcast <= 32 zmm.
+/// Most output channels per GEMM block: NV·NC accumulators + NV inputs + 1 broadcast <= 32 zmm.
 const NC: usize = 6;
-/// Tiles a job aims for (4 full tile vectors).
-const MIN_TILES: usize = 64;
-/// Most floats of transformed input + output per image (1 MiB): keeps a job's working set
-/// near L2 (1 MiB on Zen 4); bigger maps stay on the direct kernel.
+
+/// Output channels per GEMM block for c_out channels: 4 when that splits them evenly and 6
+/// would not (16, 32, 64: no thin remainder block, which ran at about half speed), else 6.
+fn channel_block(cout: usize) -> usize {
+    if cout % 6 != 0 && cout % 4 == 0 {
+        4
+    } else {
+        NC
+    }
+}
+/// Lanes (tiles) per block: NV slots of 16.
+const BW: usize = 16 * NV;
+/// Bound on 16·(c_in + c_out)·tiles per image (1 MiB of floats): keeps a job's padded planes
+/// well inside L2 (1 MiB on Zen 4); bigger maps stay on the direct kernel.
 const MAX_IMAGE_FLOATS: usize = 256 * 1024;
 /// Channel counts below which the direct kernel wins (measured: see `applies`).
 const MIN_CHANNELS: usize = 8;
@@ -85,14 +101,15 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     conv(dy, g.n, g.c_out, g.h, g.w, &u, g.c_in, g.flops())
 }
 
-/// U = G g Gᵀ for every (co, ci), laid out [ξ][co block of NC at co0·cin][ci][c < nc]. `at(co,
+/// U = G g Gᵀ for every (co, ci), laid out [ξ][co block of cb at co0·cin][ci][c < nc]. `at(co,
 /// ci, ky, kx)` reads the logical 3x3 weights.
 fn transform_weights(cout: usize, cin: usize, at: impl Fn(usize, usize, usize, usize) -> f32) -> Vec<f32> {
     const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
     let mut u = vec![0.0f32; 16 * cout * cin];
+    let cb = channel_block(cout);
     for co in 0..cout {
-        let (co0, c) = (co / NC * NC, co % NC);
-        let nc = NC.min(cout - co0);
+        let (co0, c) = (co / cb * cb, co % cb);
+        let nc = cb.min(cout - co0);
         for ci in 0..cin {
             let mut gg = [[0.0f64; 3]; 4];
             for (i, row) in gg.iter_mut().enumerate() {
@@ -111,32 +128,43 @@ fn transform_weights(cout: usize, cin: usize, at: impl Fn(usize, usize, usize, u
     u
 }
 
-/// Sizes of one call.
+/// Sizes of one call, and how tiles map to the 16 lanes of a vector ("slot"): a slot holds
+/// `k` consecutive tile rows of `sw` tiles each (sw = tw rounded up to a power of two when
+/// tw <= 8, so 8x8 maps fill a slot with 4 tile rows), or for wider maps 16 tiles of one row.
+/// Lane L of slot (ty0, tx0) is tile (ty0 + L / sw, tx0 + L % sw); lanes outside the map hold
+/// finite junk (zeros or neighbouring pixels) and are never stored.
 struct Plan {
     h: usize,
     w: usize,
     th: usize,
     tw: usize,
-    /// Padded row width 2·tw + 2 (the plane has 2·th + 2 such rows).
+    sw: usize,
+    k: usize,
+    /// Slots per image: ceil(th / k) groups of tile rows times ceil(tw / sw) chunks.
+    slots: usize,
+    /// Padded row width 2·tw + 2 (the plane has 2·ceil(th / k)·k + 2 such rows).
     wp: usize,
     /// Floats per padded plane, with slack for the last row's 16-lane loads.
     l: usize,
-    /// Images per job, and tiles per job rounded up to 16.
+    /// Images per job: enough for one block of NV slots when the maps are small.
     imgs: usize,
-    tp: usize,
 }
 
 impl Plan {
-    fn new(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> Plan {
+    fn new(n: usize, h: usize, w: usize) -> Plan {
         let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-        let (wp, hp) = (2 * tw + 2, 2 * th + 2);
-        let per_img = th * tw;
-        let mut imgs = MIN_TILES.div_ceil(per_img).min(n.div_ceil(rayon::current_num_threads())).max(1);
-        while imgs > 1 && 16 * (cin + cout) * imgs * per_img > MAX_IMAGE_FLOATS {
-            imgs -= 1;
-        }
-        let tiles = imgs * per_img;
-        Plan { h, w, th, tw, wp, l: hp * wp + 32, imgs, tp: tiles.next_multiple_of(16) }
+        let sw = if tw > 8 { 16 } else { tw.next_power_of_two() };
+        let k = 16 / sw;
+        let slots = th.div_ceil(k) * tw.div_ceil(sw);
+        let (wp, hp) = (2 * tw + 2, 2 * th.div_ceil(k) * k + 2);
+        let imgs = NV.div_ceil(slots).min(n.div_ceil(rayon::current_num_threads())).max(1);
+        Plan { h, w, th, tw, sw, k, slots, wp, l: hp * wp + 32, imgs }
+    }
+
+    /// (ty0, tx0): the first tile row and column of slot s of an image.
+    fn slot(&self, s: usize) -> (usize, usize) {
+        let chunks = self.tw.div_ceil(self.sw);
+        (s / chunks * self.k, s % chunks * self.sw)
     }
 
     /// dst [l] = one input plane src [h·w] between zeros (padded row r holds input row r−1 at
@@ -158,20 +186,19 @@ impl Plan {
 fn conv(inp: &[f32], n: usize, cin: usize, h: usize, w: usize, u: &[f32], cout: usize, flops: f64) -> Vec<f32> {
     let hw = h * w;
     assert!(has_avx512() && inp.len() == n * cin * hw && u.len() == 16 * cout * cin && hw > 0);
-    let plan = Plan::new(n, cin, cout, h, w);
+    let plan = Plan::new(n, h, w);
     let len = n * cout * hw;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let op = SendPtr(out.as_mut_ptr());
-    let (l, tp) = (plan.l, plan.tp);
+    let l = plan.l;
     // Position strides: 16 floats (one cache line) more than the data, so the 16 position
-    // streams of the transforms do not all fall into the same L1 set (tp·c is often a multiple
+    // streams of the transforms do not all fall into the same L1 set (BW·c is often a multiple
     // of 4 KiB).
-    let (vps, mps) = (cin * tp + 16, cout * tp + 16);
-    let (xlen, vlen, mlen) = (plan.imgs * cin * l, 16 * vps, 16 * mps + 16);
+    let (vps, mps) = (cin * BW + 16, cout * BW + 16);
+    let (xlen, vlen, mlen) = (plan.imgs * cin * l, 16 * vps, 16 * mps);
     run_jobs(n.div_ceil(plan.imgs), flops, |job| {
         let img0 = job * plan.imgs;
         let imgs = plan.imgs.min(n - img0);
-        let tiles = imgs * plan.th * plan.tw;
         with_scratch(xlen + vlen + mlen, |buf| {
             let (xp, rest) = buf.split_at_mut(xlen);
             let (v, m) = rest.split_at_mut(vlen);
@@ -179,154 +206,207 @@ fn conv(inp: &[f32], n: usize, cin: usize, h: usize, w: usize, u: &[f32], cout: 
             for (plane, s) in xp.chunks_exact_mut(l).zip(src.chunks_exact(hw)) {
                 plan.pad(s, plane);
             }
-            // Lanes past the last tile: zeros, so the GEMM's unused lanes stay finite.
-            for pos in v.chunks_exact_mut(vps) {
-                for row in pos[..cin * tp].chunks_exact_mut(tp) {
-                    row[tiles..].fill(0.0);
-                }
-            }
-            for i in 0..imgs {
-                for ci in 0..cin {
-                    // SAFETY: avx512f was checked (assert above). The plane xp[(i·cin+ci)·l..][..l]
-                    // is inside xp; loads reach row 2ty+3 <= hp−1, column 2tx0+2+31 <= 2tw+31,
-                    // i.e. below (hp−1)·wp + 2tw + 32 < l. Stores go to v[ξ·vps + ci·tp + t]
-                    // for tiles t < imgs·th·tw <= tp, masked to each row's tiles, inside v.
-                    unsafe {
-                        input_transform(
-                            xp.as_ptr().add((i * cin + ci) * l),
-                            &plan,
-                            v.as_mut_ptr().add(ci * tp + i * plan.th * plan.tw),
-                            vps,
-                        )
+            // Blocks of up to NV slots (global slot gs = image·slots + slot) go through the
+            // input transform, the GEMM and the output transform while they sit in L1/L2.
+            let total = imgs * plan.slots;
+            for g0 in (0..total).step_by(NV) {
+                let nb = NV.min(total - g0);
+                for gs in g0..g0 + nb {
+                    let (i, slot) = (gs / plan.slots, gs % plan.slots);
+                    for ci in 0..cin {
+                        // SAFETY: avx512f was checked (assert above). The plane
+                        // xp[(i·cin+ci)·l..][..l] is inside xp, and `input_transform` reads only
+                        // that plane. Stores go to v[ξ·vps + ci·BW + 16·(gs−g0) .. +16] with
+                        // gs − g0 < NV, i.e. below 15·vps + cin·BW, inside v.
+                        unsafe {
+                            input_transform(
+                                xp.as_ptr().add((i * cin + ci) * l),
+                                &plan,
+                                slot,
+                                v.as_mut_ptr().add(ci * BW + 16 * (gs - g0)),
+                                vps,
+                            )
+                        }
                     }
                 }
-            }
-            gemm(v, vps, u, m, mps, cin, cout, tp);
-            for i in 0..imgs {
-                for co in 0..cout {
-                    // SAFETY: avx512f checked. Loads m[ξ·mps + co·tp + t .. +16] with
-                    // t < tiles: at most 15 floats past 15·mps + cout·tp, inside m's 16·mps + 16.
-                    // Stores: rows < h, columns < w of plane (img0+i, co) of out, written by
-                    // this job only (each image belongs to one job).
-                    unsafe {
-                        output_transform(
-                            m.as_ptr().add(co * tp + i * plan.th * plan.tw),
-                            mps,
-                            &plan,
-                            op.get().add(((img0 + i) * cout + co) * hw),
-                        )
+                gemm(v, vps, u, m, mps, cin, cout, nb);
+                for gs in g0..g0 + nb {
+                    let (i, slot) = (gs / plan.slots, gs % plan.slots);
+                    for co in 0..cout {
+                        // SAFETY: avx512f checked. Loads m[ξ·mps + co·BW + 16·(gs−g0) .. +16],
+                        // inside m like v's stores above. Stores: rows < h, columns < w of
+                        // plane (img0+i, co) of out, written by this job only (each image
+                        // belongs to one job).
+                        unsafe {
+                            output_transform(
+                                m.as_ptr().add(co * BW + 16 * (gs - g0)),
+                                mps,
+                                &plan,
+                                slot,
+                                op.get().add(((img0 + i) * cout + co) * hw),
+                            )
+                        }
                     }
                 }
             }
         })
     });
-    // SAFETY: every job writes all h·w pixels of all cout planes of its images, and the jobs
-    // cover all n images.
+    // SAFETY: every job writes all h·w pixels of all cout planes of its images (each tile of
+    // each image is a valid lane of exactly one slot), and the jobs cover all n images.
     unsafe { out.set_len(len) };
     out
 }
 
-/// Lane permutations: even and odd columns of a 32-float pair, and the interleave of two
+/// Lane permutations: even and odd elements of a 32-float pair, and the interleave of two
 /// 16-float vectors (low and high halves).
+#[target_feature(enable = "avx512f")]
 fn perms() -> [__m512i; 4] {
-    // SAFETY: plain register constructors; avx512f is checked by every caller.
-    unsafe {
-        [
-            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-            _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
-            _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
-            _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
-        ]
-    }
+    [
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+    ]
 }
 
 fn lane_mask(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
-/// v[ξ·pos_stride + t] = (Bᵀ d B)[ξ] for every tile t of one padded plane xp (tiles numbered
-/// ty·tw + tx from v).
+/// The 32 floats whose 2L-th and (2L+1)-th elements are padded columns 2tx + j0 and
+/// 2tx + j0 + 1 of tile row ty's patch row i (row pointer `row` = padded row 2ty0 + i, column
+/// 2tx0), for lane L = tile (ty0 + L / sw, tx0 + L % sw); as two vectors.
 ///
 /// # Safety
-/// avx512f; xp holds a padded plane of `plan.l` floats; v has room for every ξ < 16 and tile.
+/// avx512f; reads 2·sw floats from row + 2s·wp + j0 for s < k (16 floats when sw = 16), all
+/// inside the padded plane (see `Plan`).
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(xp: *const f32, plan: &Plan, v: *mut f32, pos_stride: usize) {
-    let [even, odd, _, _] = perms();
-    for ty in 0..plan.th {
-        for tx0 in (0..plan.tw).step_by(16) {
-            let mask = lane_mask(plan.tw - tx0);
-            let mut r = [[_mm512_setzero_ps(); 4]; 4];
-            for (i, ri) in r.iter_mut().enumerate() {
-                // SAFETY: inside the plane (caller).
-                let (a, b, c, d) = unsafe {
-                    let row = xp.add((2 * ty + i) * plan.wp + 2 * tx0);
-                    (
-                        _mm512_loadu_ps(row),
-                        _mm512_loadu_ps(row.add(16)),
-                        _mm512_loadu_ps(row.add(2)),
-                        _mm512_loadu_ps(row.add(18)),
-                    )
+unsafe fn patch_pair(row: *const f32, plan: &Plan, j0: usize) -> (__m512, __m512) {
+    let (sw, step) = (plan.sw, 2 * plan.wp);
+    // SAFETY: the reads described above.
+    unsafe {
+        let p = row.add(j0);
+        match sw {
+            16 => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))),
+            8 => (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(step))),
+            4 => {
+                let two = |q: *const f32| {
+                    let lo = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(q)));
+                    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(_mm256_loadu_ps(q.add(step)))))
                 };
-                let d0 = _mm512_permutex2var_ps(a, even, b);
-                let d1 = _mm512_permutex2var_ps(a, odd, b);
-                let d2 = _mm512_permutex2var_ps(c, even, d);
-                let d3 = _mm512_permutex2var_ps(c, odd, d);
-                *ri = [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)];
+                (two(p), two(p.add(2 * step)))
             }
-            let t = ty * plan.tw + tx0;
-            for j in 0..4 {
-                let col = [
-                    _mm512_sub_ps(r[0][j], r[2][j]),
-                    _mm512_add_ps(r[1][j], r[2][j]),
-                    _mm512_sub_ps(r[2][j], r[1][j]),
-                    _mm512_sub_ps(r[1][j], r[3][j]),
-                ];
-                for (i, val) in col.into_iter().enumerate() {
-                    // SAFETY: tile t.. of position 4i+j, masked to the row's tiles (caller).
-                    unsafe { _mm512_mask_storeu_ps(v.add((4 * i + j) * pos_stride + t), mask, val) };
+            _ => {
+                let mut buf = [0.0f32; 32];
+                for (s, seg) in buf.chunks_exact_mut(2 * sw).enumerate() {
+                    seg.copy_from_slice(std::slice::from_raw_parts(p.add(s * step), 2 * sw));
                 }
+                (_mm512_loadu_ps(buf.as_ptr()), _mm512_loadu_ps(buf.as_ptr().add(16)))
             }
         }
     }
 }
 
-/// Writes plane y [h][w] of one output channel from m[ξ·pos_stride + t] (tiles from m).
+/// v[ξ·pos_stride ..+16] = (Bᵀ d B)[ξ] for the tiles of one slot of one padded plane.
 ///
 /// # Safety
-/// avx512f; m readable for 16 floats from every ξ·pos_stride + t, t < th·tw; y holds h·w floats.
+/// avx512f; xp holds a padded plane of `plan.l` floats; v has room for every ξ < 16.
 #[target_feature(enable = "avx512f")]
-unsafe fn output_transform(m: *const f32, pos_stride: usize, plan: &Plan, y: *mut f32) {
+unsafe fn input_transform(xp: *const f32, plan: &Plan, slot: usize, v: *mut f32, pos_stride: usize) {
+    let [even, odd, _, _] = perms();
+    let (ty0, tx0) = plan.slot(slot);
+    let mut r = [[_mm512_setzero_ps(); 4]; 4];
+    for (i, ri) in r.iter_mut().enumerate() {
+        // SAFETY: rows 2ty0 + 2s + i <= 2·ceil(th/k)·k + 1 and columns up to 2tx0 + 33
+        // (sw = 16) or 2tx0 + 17 stay inside the plane and its 32 floats of slack.
+        let ((a, b), (c, d)) = unsafe {
+            let row = xp.add((2 * ty0 + i) * plan.wp + 2 * tx0);
+            (patch_pair(row, plan, 0), patch_pair(row, plan, 2))
+        };
+        let d0 = _mm512_permutex2var_ps(a, even, b);
+        let d1 = _mm512_permutex2var_ps(a, odd, b);
+        let d2 = _mm512_permutex2var_ps(c, even, d);
+        let d3 = _mm512_permutex2var_ps(c, odd, d);
+        *ri = [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)];
+    }
+    for j in 0..4 {
+        let col = [
+            _mm512_sub_ps(r[0][j], r[2][j]),
+            _mm512_add_ps(r[1][j], r[2][j]),
+            _mm512_sub_ps(r[2][j], r[1][j]),
+            _mm512_sub_ps(r[1][j], r[3][j]),
+        ];
+        for (i, val) in col.into_iter().enumerate() {
+            // SAFETY: slot `slot` of position 4i+j (caller).
+            unsafe { _mm512_storeu_ps(v.add((4 * i + j) * pos_stride), val) };
+        }
+    }
+}
+
+/// Writes the tiles of one slot into plane y [h][w] of one output channel from
+/// m[ξ·pos_stride ..+16].
+///
+/// # Safety
+/// avx512f; m readable for 16 floats from every ξ·pos_stride; y holds h·w floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn output_transform(m: *const f32, pos_stride: usize, plan: &Plan, slot: usize, y: *mut f32) {
     let [_, _, lo, hi] = perms();
-    for ty in 0..plan.th {
-        for tx0 in (0..plan.tw).step_by(16) {
-            let t = ty * plan.tw + tx0;
-            let mut s = [[_mm512_setzero_ps(); 2]; 4];
-            for (i, si) in s.iter_mut().enumerate() {
-                // SAFETY: readable (caller).
-                let r: [__m512; 4] =
-                    std::array::from_fn(|j| unsafe { _mm512_loadu_ps(m.add((4 * i + j) * pos_stride + t)) });
-                *si = [_mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2]), _mm512_sub_ps(_mm512_sub_ps(r[1], r[2]), r[3])];
-            }
-            let cols = plan.w - 2 * tx0;
-            let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
-            for a in 0..2 {
-                let oy = 2 * ty + a;
-                if oy >= plan.h {
-                    break;
-                }
-                let yb: [__m512; 2] = std::array::from_fn(|b| {
-                    if a == 0 {
-                        _mm512_add_ps(_mm512_add_ps(s[0][b], s[1][b]), s[2][b])
-                    } else {
-                        _mm512_sub_ps(_mm512_sub_ps(s[1][b], s[2][b]), s[3][b])
+    let sw = plan.sw;
+    let (ty0, tx0) = plan.slot(slot);
+    let mut s = [[_mm512_setzero_ps(); 2]; 4];
+    for (i, si) in s.iter_mut().enumerate() {
+        let mut r = [_mm512_setzero_ps(); 4];
+        for (j, rj) in r.iter_mut().enumerate() {
+            // SAFETY: readable (caller).
+            *rj = unsafe { _mm512_loadu_ps(m.add((4 * i + j) * pos_stride)) };
+        }
+        *si = [_mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2]), _mm512_sub_ps(_mm512_sub_ps(r[1], r[2]), r[3])];
+    }
+    // Output columns of this slot's tiles in each of its tile rows.
+    let cols = (plan.w - 2 * tx0).min(2 * sw);
+    for a in 0..2 {
+        let y0 = _mm512_add_ps(_mm512_add_ps(s[0][0], s[1][0]), s[2][0]);
+        let y1 = _mm512_add_ps(_mm512_add_ps(s[0][1], s[1][1]), s[2][1]);
+        let (yb0, yb1) = if a == 0 {
+            (y0, y1)
+        } else {
+            (
+                _mm512_sub_ps(_mm512_sub_ps(s[1][0], s[2][0]), s[3][0]),
+                _mm512_sub_ps(_mm512_sub_ps(s[1][1], s[2][1]), s[3][1]),
+            )
+        };
+        // Row a of tile (·, L): elements 2L and 2L+1 of the pair (plo, phi).
+        let (plo, phi) = (_mm512_permutex2var_ps(yb0, lo, yb1), _mm512_permutex2var_ps(yb0, hi, yb1));
+        let rows = plan.k.min(plan.th - ty0);
+        let dst = |t: usize| (2 * (ty0 + t) + a < plan.h).then(|| (2 * (ty0 + t) + a) * plan.w + 2 * tx0);
+        // SAFETY (all stores): row 2(ty0+t)+a < h, columns 2tx0 .. 2tx0 + cols <= w of y.
+        match sw {
+            16 => {
+                if let Some(o) = dst(0) {
+                    unsafe {
+                        _mm512_mask_storeu_ps(y.add(o), lane_mask(cols), plo);
+                        _mm512_mask_storeu_ps(y.add(o + 16), lane_mask(cols.saturating_sub(16)), phi);
                     }
-                });
-                // SAFETY: columns 2tx0 .. 2tx0 + cols of row oy < h, masked to the row (caller).
+                }
+            }
+            8 => {
+                for (t, val) in [plo, phi].into_iter().enumerate().take(rows) {
+                    if let Some(o) = dst(t) {
+                        unsafe { _mm512_mask_storeu_ps(y.add(o), lane_mask(cols), val) };
+                    }
+                }
+            }
+            _ => {
+                let mut buf = [0.0f32; 32];
+                // SAFETY: buf holds 32 floats.
                 unsafe {
-                    let dst = y.add(oy * plan.w + 2 * tx0);
-                    _mm512_mask_storeu_ps(dst, m0, _mm512_permutex2var_ps(yb[0], lo, yb[1]));
-                    if m1 != 0 {
-                        _mm512_mask_storeu_ps(dst.add(16), m1, _mm512_permutex2var_ps(yb[0], hi, yb[1]));
+                    _mm512_storeu_ps(buf.as_mut_ptr(), plo);
+                    _mm512_storeu_ps(buf.as_mut_ptr().add(16), phi);
+                }
+                for t in 0..rows {
+                    if let Some(o) = dst(t) {
+                        let seg = &buf[2 * sw * t..][..cols];
+                        unsafe { std::ptr::copy_nonoverlapping(seg.as_ptr(), y.add(o), cols) };
                     }
                 }
             }
@@ -358,15 +438,17 @@ fn kernel(nv: usize, nc: usize) -> Kernel {
     }
 }
 
-/// m[ξ·mps ..] [cout][tp] = U[ξ] · v[ξ·vps ..] [cin][tp] for the 16 positions ξ.
+/// m[ξ·mps ..] [cout][BW] = U[ξ] · v[ξ·vps ..] [cin][BW] for the 16 positions ξ, on the
+/// first nvec (<= NV) tile vectors of the block.
 #[allow(clippy::too_many_arguments)]
-fn gemm(v: &[f32], vps: usize, u: &[f32], m: &mut [f32], mps: usize, cin: usize, cout: usize, tp: usize) {
-    assert!(vps >= cin * tp && mps >= cout * tp && v.len() >= 16 * vps && m.len() >= 16 * mps);
-    assert!(u.len() == 16 * cout * cin);
-    let nvec = tp / 16;
+fn gemm(v: &[f32], vps: usize, u: &[f32], m: &mut [f32], mps: usize, cin: usize, cout: usize, nvec: usize) {
+    assert!(vps >= cin * BW && mps >= cout * BW && v.len() >= 16 * vps && m.len() >= 16 * mps);
+    assert!(u.len() == 16 * cout * cin && nvec <= NV);
+    let tp = BW;
     for pos in 0..16 {
-        for co0 in (0..cout).step_by(NC) {
-            let nc = NC.min(cout - co0);
+        let cb = channel_block(cout);
+        for co0 in (0..cout).step_by(cb) {
+            let nc = cb.min(cout - co0);
             for v0 in (0..nvec).step_by(NV) {
                 let kern = kernel(NV.min(nvec - v0), nc);
                 // SAFETY: avx512f (checked by `conv`). Reads v[pos·vps + ci·tp + 16·v0 ..
@@ -496,7 +578,7 @@ mod tests {
 
     /// (n, c_in, c_out, h, w): batch 1 and 3, channels 1, 5, 17, 64, maps 1x1 .. 32x32 with odd
     /// and unequal sides, multi-image jobs (small maps) and rows of more than 16 tiles.
-    const CASES: [(usize, usize, usize, usize, usize); 10] = [
+    const CASES: [(usize, usize, usize, usize, usize); 11] = [
         (1, 1, 1, 1, 1),
         (3, 5, 17, 2, 2),
         (1, 17, 5, 3, 3),
@@ -507,6 +589,7 @@ mod tests {
         (1, 1, 5, 9, 13),
         (3, 64, 64, 2, 2),
         (1, 5, 1, 7, 37),
+        (3, 17, 5, 16, 15),
     ];
 
     #[test]
