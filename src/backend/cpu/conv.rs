@@ -2042,6 +2042,29 @@ mod tests {
         }
     }
 
+    /// The dispatch must send the CIFAR ResNet 3x3 convs (forward and backward data) to the
+    /// Winograd path: `conv2d`'s bits equal `winograd`'s and differ from `direct`'s (batch 2;
+    /// the path choice does not depend on the batch).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn resnet_shapes_dispatch_to_winograd() {
+        if !has_avx512() {
+            return;
+        }
+        for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
+            let g = Conv2dGeom::square(2, c, hw, hw, c, 3, 1, 1, 1);
+            let x = vals(g.n * c * hw * hw, 21);
+            let w = vals(c * c * 9, 22);
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let got = bits(conv2d(&x, &w, &g).unwrap());
+            assert_eq!(got, bits(winograd::forward(&x, &w, &g)), "{g:?} forward");
+            assert_ne!(got, bits(direct::forward(&x, &w, &g)), "{g:?}: direct gives the same bits");
+            let got = bits(conv2d_backward_data(&x, &w, &g).unwrap());
+            assert_eq!(got, bits(winograd::backward_data(&x, &w, &g)), "{g:?} backward data");
+            assert_ne!(got, bits(direct::backward_data(&x, &w, &g)), "{g:?}: direct gives the same bits");
+        }
+    }
+
     #[test]
     fn valid_range_bounds() {
         // out 5, in 5, stride 1, pad 1: kx 0 skips ox 0, kx 2 skips ox 4.
