@@ -326,6 +326,30 @@ fn row_adder() -> RowAdd {
     add_rows_portable
 }
 
+/// `pick_4x6!(f, v, c)`: the instance `f::<V, C>` of a register-blocked kernel for
+/// 1 <= v <= 4 vectors and 1 <= c <= 6 channels (larger values take 4 and 6), as a fn pointer.
+macro_rules! pick_4x6 {
+    ($f:ident, $v:expr, $c:expr) => {
+        match $v {
+            1 => pick_4x6!(@c $f, 1, $c),
+            2 => pick_4x6!(@c $f, 2, $c),
+            3 => pick_4x6!(@c $f, 3, $c),
+            _ => pick_4x6!(@c $f, 4, $c),
+        }
+    };
+    (@c $f:ident, $v:literal, $c:expr) => {
+        match $c {
+            1 => $f::<$v, 1> as _,
+            2 => $f::<$v, 2> as _,
+            3 => $f::<$v, 3> as _,
+            4 => $f::<$v, 4> as _,
+            5 => $f::<$v, 5> as _,
+            _ => $f::<$v, 6> as _,
+        }
+    };
+}
+pub(super) use pick_4x6;
+
 /// Parallelism of each job's GEMM: the jobs themselves run in parallel unless they are too
 /// few to occupy every thread, in which case each GEMM splits instead.
 fn job_par(jobs: usize, flops_per_job: f64) -> Parallelism {
@@ -829,24 +853,7 @@ mod direct {
 
     /// The forward kernel for nv pixel vectors and nc output channels (1 <= nv <= NV, 1 <= nc <= NC).
     fn fwd_kernel(nv: usize, nc: usize) -> FwdKernel {
-        macro_rules! by_nc {
-            ($v:literal) => {
-                match nc {
-                    1 => fwd_block::<$v, 1>,
-                    2 => fwd_block::<$v, 2>,
-                    3 => fwd_block::<$v, 3>,
-                    4 => fwd_block::<$v, 4>,
-                    5 => fwd_block::<$v, 5>,
-                    _ => fwd_block::<$v, 6>,
-                }
-            };
-        }
-        match nv {
-            1 => by_nc!(1),
-            2 => by_nc!(2),
-            3 => by_nc!(3),
-            _ => by_nc!(4),
-        }
+        pick_4x6!(fwd_block, nv, nc)
     }
 
     /// out [n, cout, plan.p] = conv of inp [n, cin, plan.hw_in] with blocked weights wb.

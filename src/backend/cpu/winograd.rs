@@ -22,6 +22,7 @@
 //! - v [16][c_in][BW]: transformed inputs of one block of NV slots (BW = 16·NV lanes), position
 //!   stride c_in·BW + 16 (one cache line more, so the 16 position streams do not share an L1 set);
 //! - m [16][c_out][BW] (stride c_out·BW + 16): GEMM results of that block.
+//!
 //! Each block of NV slots goes through input transform, GEMM and output transform in turn, so
 //! v and m stay in L1/L2 (64 KiB each at 16 channels).
 //!
@@ -42,7 +43,7 @@
 //! Backward data of such a conv is the same conv of dy with the weights flipped and c_in/c_out
 //! swapped (padding 3−1−1 = 1), so it reuses the same path.
 
-use super::conv::{has_avx512, run_jobs, with_scratch};
+use super::conv::{has_avx512, pick_4x6, run_jobs, with_scratch};
 use super::matmul::SendPtr;
 use crate::backend::Conv2dGeom;
 use std::arch::x86_64::*;
@@ -55,7 +56,7 @@ const NC: usize = 6;
 /// Output channels per GEMM block for c_out channels: 4 when that splits them evenly and 6
 /// would not (16, 32, 64: no thin remainder block, which ran at about half speed), else 6.
 fn channel_block(cout: usize) -> usize {
-    if cout % 6 != 0 && cout % 4 == 0 {
+    if !cout.is_multiple_of(6) && cout.is_multiple_of(4) {
         4
     } else {
         NC
@@ -312,6 +313,7 @@ unsafe fn patch_pair(row: *const f32, plan: &Plan, j0: usize) -> (__m512, __m512
 /// # Safety
 /// avx512f; xp holds a padded plane of `plan.l` floats; v has room for every ξ < 16.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // column j of all four rows r[0..4][j]
 unsafe fn input_transform(xp: *const f32, plan: &Plan, slot: usize, v: *mut f32, pos_stride: usize) {
     let [even, odd, _, _] = perms();
     let (ty0, tx0) = plan.slot(slot);
@@ -418,24 +420,7 @@ type Kernel = unsafe fn(*const f32, usize, usize, *const f32, *mut f32);
 
 /// The GEMM kernel for nv tile vectors and nc output channels (1 <= nv <= NV, 1 <= nc <= NC).
 fn kernel(nv: usize, nc: usize) -> Kernel {
-    macro_rules! by_nc {
-        ($v:literal) => {
-            match nc {
-                1 => block::<$v, 1>,
-                2 => block::<$v, 2>,
-                3 => block::<$v, 3>,
-                4 => block::<$v, 4>,
-                5 => block::<$v, 5>,
-                _ => block::<$v, 6>,
-            }
-        };
-    }
-    match nv {
-        1 => by_nc!(1),
-        2 => by_nc!(2),
-        3 => by_nc!(3),
-        _ => by_nc!(4),
-    }
+    pick_4x6!(block, nv, nc)
 }
 
 /// m[ξ·mps ..] [cout][BW] = U[ξ] · v[ξ·vps ..] [cin][BW] for the 16 positions ξ, on the
