@@ -64,8 +64,10 @@ fn channel_block(cout: usize) -> usize {
 }
 /// Lanes (tiles) per block: NV slots of 16.
 const BW: usize = 16 * NV;
-/// Bound on 16·(c_in + c_out)·tiles per image (1 MiB of floats): keeps a job's padded planes
-/// well inside L2 (1 MiB on Zen 4); bigger maps stay on the direct kernel.
+/// Bound on 16·(c_in + c_out)·tiles per image (256 Ki floats, 1 MiB: ~4·(c_in + c_out)·h·w):
+/// keeps a job's padded input planes (c_in·h·w) well inside Zen 4's 1 MiB L2. Bigger images
+/// stay on the direct kernel; Winograd was only measured on CIFAR-sized maps (the largest
+/// resnet shape, 16+16 channels at 32x32, uses an eighth of the bound).
 const MAX_IMAGE_FLOATS: usize = 256 * 1024;
 /// Channel counts below which the direct kernel wins (measured: see `applies`).
 const MIN_CHANNELS: usize = 8;
