@@ -66,8 +66,8 @@ fn channel_block(cout: usize) -> usize {
 const BW: usize = 16 * NV;
 /// Bound on 16·(c_in + c_out)·tiles per image (256 Ki floats, 1 MiB: ~4·(c_in + c_out)·h·w):
 /// keeps a job's padded input planes (c_in·h·w) well inside Zen 4's 1 MiB L2. Bigger images
-/// stay on the direct kernel; Winograd was only measured on CIFAR-sized maps (the largest
-/// resnet shape, 16+16 channels at 32x32, uses an eighth of the bound).
+/// stay on the direct kernel; Winograd was only measured on CIFAR-sized maps (resnet's 16+16
+/// channels at 32x32 use half of the bound, 64+64 at 8x8 an eighth).
 const MAX_IMAGE_FLOATS: usize = 256 * 1024;
 /// Channel counts below which the direct kernel wins (measured: see `applies`).
 const MIN_CHANNELS: usize = 8;
