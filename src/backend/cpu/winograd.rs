@@ -69,8 +69,8 @@ const BW: usize = 16 * NV;
 /// stay on the direct kernel; Winograd was only measured on CIFAR-sized maps (resnet's 16+16
 /// channels at 32x32 use half of the bound, 64+64 at 8x8 an eighth).
 const MAX_IMAGE_FLOATS: usize = 256 * 1024;
-/// Channel counts below which the direct kernel wins (measured: see `applies`).
-const MIN_CHANNELS: usize = 8;
+/// Fewest input and output channels for the Winograd path (measured: see `applies`).
+const MIN_CHANNELS: usize = 16;
 
 /// Whether the Winograd path can compute this conv (shape-wise, and the CPU has AVX-512).
 pub fn supports(g: &Conv2dGeom) -> bool {
@@ -85,8 +85,11 @@ pub fn supports(g: &Conv2dGeom) -> bool {
 }
 
 /// Whether the dispatch in conv.rs should take the Winograd path (forward and backward data
-/// alike; the condition is symmetric in c_in and c_out). With fewer than 8 channels on either
-/// side the GEMM is too thin to pay for the transforms (the 3->16 first conv stays direct).
+/// alike; the condition is symmetric in c_in and c_out). Measured per core against the direct
+/// kernel (`CONV_CPUTIME=1 cargo bench --bench ops -- cputime`, batch 64): 16 channels in and
+/// out at 32x32 is the break-even (1.05x), 32 and 64 channels gain 1.45-1.5x, while 8 channels
+/// (0.8x at 32x32, 0.8-0.9x 8->16 at 16x16), 4->16 (0.6-0.75x) and the 3->16 first conv
+/// (0.45-0.7x) lose: the GEMM is too thin to pay for the transforms.
 pub fn applies(g: &Conv2dGeom) -> bool {
     supports(g) && g.c_in >= MIN_CHANNELS && g.c_out >= MIN_CHANNELS
 }
@@ -628,6 +631,7 @@ mod tests {
             assert!(applies(&Conv2dGeom::square(64, c, s, s, c, 3, 1, 1, 1)), "{c}ch {s}x{s}");
         }
         assert!(!applies(&Conv2dGeom::square(64, 3, 32, 32, 16, 3, 1, 1, 1)));
+        assert!(!applies(&Conv2dGeom::square(64, 8, 16, 16, 16, 3, 1, 1, 1)));
         assert!(!supports(&Conv2dGeom::square(64, 16, 32, 32, 32, 3, 2, 1, 1)), "stride 2");
     }
 }
