@@ -219,20 +219,19 @@ fn conv(inp: &[f32], n: usize, cin: usize, h: usize, w: usize, u: &[f32], cout: 
                 let nb = NV.min(total - g0);
                 for gs in g0..g0 + nb {
                     let (i, slot) = (gs / plan.slots, gs % plan.slots);
-                    for ci in 0..cin {
-                        // SAFETY: avx512f was checked (assert above). The plane
-                        // xp[(i·cin+ci)·l..][..l] is inside xp, and `input_transform` reads only
-                        // that plane. Stores go to v[ξ·vps + ci·BW + 16·(gs−g0) .. +16] with
-                        // gs − g0 < NV, i.e. below 15·vps + cin·BW, inside v.
-                        unsafe {
-                            input_transform(
-                                xp.as_ptr().add((i * cin + ci) * l),
-                                &plan,
-                                slot,
-                                v.as_mut_ptr().add(ci * BW + 16 * (gs - g0)),
-                                vps,
-                            )
-                        }
+                    // SAFETY: avx512f was checked (assert above). The planes
+                    // xp[i·cin·l..][..cin·l] are inside xp, and `input_transform` reads only
+                    // those. Stores go to v[ξ·vps + ci·BW + 16·(gs−g0) .. +16] with gs − g0 < NV,
+                    // i.e. below 15·vps + cin·BW, inside v.
+                    unsafe {
+                        input_transform(
+                            xp.as_ptr().add(i * cin * l),
+                            cin,
+                            &plan,
+                            slot,
+                            v.as_mut_ptr().add(16 * (gs - g0)),
+                            vps,
+                        )
                     }
                 }
                 gemm(v, vps, u, m, mps, cin, cout, nb);
@@ -313,39 +312,47 @@ unsafe fn patch_pair(row: *const f32, plan: &Plan, j0: usize) -> (__m512, __m512
     }
 }
 
-/// v[ξ·pos_stride ..+16] = (Bᵀ d B)[ξ] for the tiles of one slot of one padded plane.
+/// v[ξ·pos_stride + ci·BW ..+16] = (Bᵀ d B)[ξ] for the tiles of one slot of each of the
+/// `planes` padded planes xp[ci·l ..] (one image's channels); one call per slot keeps the
+/// slot's setup out of the channel loop.
 ///
 /// # Safety
-/// avx512f; xp holds a padded plane of `plan.l` floats; v has room for every ξ < 16.
+/// avx512f; xp holds `planes` padded planes of `plan.l` floats; v has room for every ξ < 16
+/// and ci < planes.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::needless_range_loop)] // column j of all four rows r[0..4][j]
-unsafe fn input_transform(xp: *const f32, plan: &Plan, slot: usize, v: *mut f32, pos_stride: usize) {
+unsafe fn input_transform(xp: *const f32, planes: usize, plan: &Plan, slot: usize, v: *mut f32, pos_stride: usize) {
     let [even, odd, _, _] = perms();
     let (ty0, tx0) = plan.slot(slot);
-    let mut r = [[_mm512_setzero_ps(); 4]; 4];
-    for (i, ri) in r.iter_mut().enumerate() {
+    // d·B of patch row i: [d0 − d2, d1 + d2, d2 − d1, d1 − d3].
+    let row_t = |plane: *const f32, i: usize| {
         // SAFETY: rows 2ty0 + 2s + i <= 2·ceil(th/k)·k + 1 and columns up to 2tx0 + 33
         // (sw = 16) or 2tx0 + 17 stay inside the plane and its 32 floats of slack.
         let ((a, b), (c, d)) = unsafe {
-            let row = xp.add((2 * ty0 + i) * plan.wp + 2 * tx0);
+            let row = plane.add((2 * ty0 + i) * plan.wp + 2 * tx0);
             (patch_pair(row, plan, 0), patch_pair(row, plan, 2))
         };
         let d0 = _mm512_permutex2var_ps(a, even, b);
         let d1 = _mm512_permutex2var_ps(a, odd, b);
         let d2 = _mm512_permutex2var_ps(c, even, d);
         let d3 = _mm512_permutex2var_ps(c, odd, d);
-        *ri = [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)];
-    }
-    for j in 0..4 {
-        let col = [
-            _mm512_sub_ps(r[0][j], r[2][j]),
-            _mm512_add_ps(r[1][j], r[2][j]),
-            _mm512_sub_ps(r[2][j], r[1][j]),
-            _mm512_sub_ps(r[1][j], r[3][j]),
-        ];
-        for (i, val) in col.into_iter().enumerate() {
-            // SAFETY: slot `slot` of position 4i+j (caller).
-            unsafe { _mm512_storeu_ps(v.add((4 * i + j) * pos_stride), val) };
+        [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)]
+    };
+    for ci in 0..planes {
+        // SAFETY: plane ci of the caller's planes; v's slots as the caller vouched.
+        unsafe {
+            let plane = xp.add(ci * plan.l);
+            let vc = v.add(ci * BW);
+            // Bᵀ·(d·B) row by row, so at most three transformed rows are live (no spills).
+            let (r0, r1, r2) = (row_t(plane, 0), row_t(plane, 1), row_t(plane, 2));
+            for j in 0..4 {
+                _mm512_storeu_ps(vc.add(j * pos_stride), _mm512_sub_ps(r0[j], r2[j]));
+                _mm512_storeu_ps(vc.add((4 + j) * pos_stride), _mm512_add_ps(r1[j], r2[j]));
+                _mm512_storeu_ps(vc.add((8 + j) * pos_stride), _mm512_sub_ps(r2[j], r1[j]));
+            }
+            let r3 = row_t(plane, 3);
+            for j in 0..4 {
+                _mm512_storeu_ps(vc.add((12 + j) * pos_stride), _mm512_sub_ps(r1[j], r3[j]));
+            }
         }
     }
 }
