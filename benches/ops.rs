@@ -110,11 +110,17 @@ fn bench_conv_cputime(_c: &mut Criterion) {
         ("r56_32x16x16_b64", Conv2dGeom::square(64, 32, 16, 16, 32, 3, 1, 1, 1)),
         ("r56_64x8x8_b64", Conv2dGeom::square(64, 64, 8, 8, 64, 3, 1, 1, 1)),
         ("first_3to16x32x32_b64", Conv2dGeom::square(64, 3, 32, 32, 16, 3, 1, 1, 1)),
+        // Few channels: where the Winograd dispatch threshold (8 in and out) sits.
+        ("c4to16x32x32_b64", Conv2dGeom::square(64, 4, 32, 32, 16, 3, 1, 1, 1)),
+        ("c8x32x32_b64", Conv2dGeom::square(64, 8, 32, 32, 8, 3, 1, 1, 1)),
+        ("c8to16x16x16_b64", Conv2dGeom::square(64, 8, 16, 16, 16, 3, 1, 1, 1)),
         ("s2_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..Conv2dGeom::square(64, 16, 32, 32, 32, 3, 2, 1, 1) }),
         ("ds1x1_16to32x32x32_b64", Conv2dGeom { c_out: 32, ..Conv2dGeom::square(64, 16, 32, 32, 32, 1, 2, 0, 1) }),
     ];
+    // CONV_CPUTIME=1 runs every shape; any other value runs the shapes whose name contains it.
+    let only = std::env::var("CONV_CPUTIME").unwrap_or_default();
     pool.install(|| {
-        for (name, g) in cases {
+        for (name, g) in cases.into_iter().filter(|(name, _)| only == "1" || name.contains(&only)) {
             let x = data(g.n * g.c_in * g.h * g.w);
             let w = data(g.c_out * (g.c_in / g.groups) * g.kh * g.kw);
             let dy = data(g.n * g.c_out * g.h_out * g.w_out);

@@ -18,6 +18,8 @@
 //! CPU has it: with 8- to 32-pixel rows the copies, not the GEMM, would otherwise dominate).
 
 use super::matmul::{par_for, sgemm, MatMut, MatRef, SendPtr, PAR_MIN_FLOPS};
+#[cfg(target_arch = "x86_64")]
+use super::winograd;
 use crate::backend::Conv2dGeom;
 use crate::error::Result;
 use gemm::Parallelism;
@@ -42,7 +44,7 @@ thread_local! {
 
 /// Runs `f` on a per-thread scratch buffer of `len` floats (contents unspecified), reused
 /// across calls so big column buffers are not re-faulted in for every tile.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
@@ -297,7 +299,7 @@ mod avx512 {
     }
 }
 
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -324,6 +326,30 @@ fn row_adder() -> RowAdd {
     add_rows_portable
 }
 
+/// `pick_4x6!(f, v, c)`: the instance `f::<V, C>` of a register-blocked kernel for
+/// 1 <= v <= 4 vectors and 1 <= c <= 6 channels (larger values take 4 and 6), as a fn pointer.
+macro_rules! pick_4x6 {
+    ($f:ident, $v:expr, $c:expr) => {
+        match $v {
+            1 => pick_4x6!(@c $f, 1, $c),
+            2 => pick_4x6!(@c $f, 2, $c),
+            3 => pick_4x6!(@c $f, 3, $c),
+            _ => pick_4x6!(@c $f, 4, $c),
+        }
+    };
+    (@c $f:ident, $v:literal, $c:expr) => {
+        match $c {
+            1 => $f::<$v, 1> as _,
+            2 => $f::<$v, 2> as _,
+            3 => $f::<$v, 3> as _,
+            4 => $f::<$v, 4> as _,
+            5 => $f::<$v, 5> as _,
+            _ => $f::<$v, 6> as _,
+        }
+    };
+}
+pub(super) use pick_4x6;
+
 /// Parallelism of each job's GEMM: the jobs themselves run in parallel unless they are too
 /// few to occupy every thread, in which case each GEMM splits instead.
 fn job_par(jobs: usize, flops_per_job: f64) -> Parallelism {
@@ -335,7 +361,7 @@ fn job_par(jobs: usize, flops_per_job: f64) -> Parallelism {
 }
 
 /// Runs `f(job)` for job in 0..jobs, in parallel when there is enough work to share.
-fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
+pub(super) fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
     if jobs <= 1 || total_flops < PAR_MIN_FLOPS {
         (0..jobs).for_each(f);
     } else {
@@ -345,6 +371,10 @@ fn run_jobs(jobs: usize, total_flops: f64, f: impl Fn(usize) + Sync + Send) {
 
 /// y [n, c_out, h_out, w_out] = conv(x [n, c_in, h, w], w [c_out, c_in/groups, kh, kw]).
 pub fn conv2d(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if winograd::applies(g) {
+        return Ok(winograd::forward(x, w, g));
+    }
     #[cfg(target_arch = "x86_64")]
     if direct::applies(g) {
         return Ok(direct::forward(x, w, g));
@@ -359,6 +389,10 @@ pub fn conv2d(x: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
 
 /// dx [n, c_in, h, w] from dy [n, c_out, h_out, w_out] and w.
 pub fn conv2d_backward_data(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Result<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if winograd::applies(g) {
+        return Ok(winograd::backward_data(dy, w, g));
+    }
     #[cfg(target_arch = "x86_64")]
     if direct::applies(g) {
         return Ok(direct::backward_data(dy, w, g));
@@ -819,24 +853,7 @@ mod direct {
 
     /// The forward kernel for nv pixel vectors and nc output channels (1 <= nv <= NV, 1 <= nc <= NC).
     fn fwd_kernel(nv: usize, nc: usize) -> FwdKernel {
-        macro_rules! by_nc {
-            ($v:literal) => {
-                match nc {
-                    1 => fwd_block::<$v, 1>,
-                    2 => fwd_block::<$v, 2>,
-                    3 => fwd_block::<$v, 3>,
-                    4 => fwd_block::<$v, 4>,
-                    5 => fwd_block::<$v, 5>,
-                    _ => fwd_block::<$v, 6>,
-                }
-            };
-        }
-        match nv {
-            1 => by_nc!(1),
-            2 => by_nc!(2),
-            3 => by_nc!(3),
-            _ => by_nc!(4),
-        }
+        pick_4x6!(fwd_block, nv, nc)
     }
 
     /// out [n, cout, plan.p] = conv of inp [n, cin, plan.hw_in] with blocked weights wb.
@@ -2029,6 +2046,29 @@ mod tests {
         let got = conv2d_backward_weight(&x, &dy, &g).unwrap();
         for (a, b) in got.iter().zip(&dw) {
             assert!((*a as f64 - b).abs() <= 1e-3 * (1.0 + b.abs()), "dw {a} vs {b}");
+        }
+    }
+
+    /// The dispatch must send the CIFAR ResNet 3x3 convs (forward and backward data) to the
+    /// Winograd path: `conv2d`'s bits equal `winograd`'s and differ from `direct`'s (batch 2;
+    /// the path choice does not depend on the batch).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn resnet_shapes_dispatch_to_winograd() {
+        if !has_avx512() {
+            return;
+        }
+        for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
+            let g = Conv2dGeom::square(2, c, hw, hw, c, 3, 1, 1, 1);
+            let x = vals(g.n * c * hw * hw, 21);
+            let w = vals(c * c * 9, 22);
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let got = bits(conv2d(&x, &w, &g).unwrap());
+            assert_eq!(got, bits(winograd::forward(&x, &w, &g)), "{g:?} forward");
+            assert_ne!(got, bits(direct::forward(&x, &w, &g)), "{g:?}: direct gives the same bits");
+            let got = bits(conv2d_backward_data(&x, &w, &g).unwrap());
+            assert_eq!(got, bits(winograd::backward_data(&x, &w, &g)), "{g:?} backward data");
+            assert_ne!(got, bits(direct::backward_data(&x, &w, &g)), "{g:?}: direct gives the same bits");
         }
     }
 

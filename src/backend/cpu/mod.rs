@@ -11,6 +11,8 @@ pub mod norm;
 pub mod pool;
 pub mod quant;
 pub mod reduce;
+#[cfg(target_arch = "x86_64")]
+pub mod winograd;
 
 use super::{
     Backend, BinaryOp, Conv2dGeom, Device, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, QuantGeom,
