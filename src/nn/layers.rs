@@ -316,7 +316,8 @@ impl BatchNorm {
 impl BatchNorm {
     /// `relu(bn(x) + residual)` (each part optional): a ResNet block's tail. In eval mode with
     /// no gradient recorded this is one pass over x (`Tensor::batch_norm_eval_fused`), the frozen
-    /// teacher's case; otherwise the separate ops. Values are the same either way.
+    /// teacher's case; in train mode without a residual, batchnorm and ReLU are one op
+    /// (`Tensor::batch_norm_train_act`); otherwise the separate ops. Values are the same either way.
     pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         if self.training && relu && residual.is_none() && !BYPASS_BATCHNORM.with(|b| b.get()) {
             // Train mode: batchnorm and ReLU as one op (one pass less forward and backward).
