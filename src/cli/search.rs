@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::search::algo::{AlgoKind, Shard};
-use crate::search::config::{differences, ConfigBuilder, SearchConfig};
+use crate::search::config::{builder, differences, SearchConfig};
 use crate::search::run::{self, Progress, RunOptions, CONFIG_FILE};
 use crate::search::Count;
 use crate::{Error, Result};
@@ -82,7 +82,7 @@ pub fn resolve(args: &SearchArgs) -> Result<SearchConfig> {
     let stored_path = args.out.join(CONFIG_FILE);
     let stored =
         if args.resume && stored_path.exists() { Some(crate::search::config::parse_file(&stored_path)?) } else { None };
-    let mut b = ConfigBuilder::new(stored.as_ref().unwrap_or(&SearchConfig::default()))?;
+    let mut b = builder(stored.as_ref().unwrap_or(&SearchConfig::default()))?;
     if let Some(path) = &args.config {
         b.merge_file(path)?;
     }

@@ -2,14 +2,12 @@
 //! then `--set key.path=value`, resolved into one [`SearchConfig`] that is written to
 //! `config.resolved.toml` and compared key by key when a run is resumed.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::algo::{AlgoConfig, AlgoKind, Shard};
 use super::budget::Constraints;
-use crate::config::{flat_table, flatten, to_table};
 use crate::proxy::InitMode;
 use crate::{Error, Result};
 
@@ -72,109 +70,13 @@ impl SearchConfig {
     }
 }
 
-/// Builds a config in layers over a TOML tree.
-pub struct ConfigBuilder {
-    tree: toml::Table,
-    /// Every key the config has (dotted paths of the defaults' tree).
-    known: Vec<String>,
-}
+/// The layered builder of a search config (defaults or a stored run, `--config`, flags, `--set`).
+pub type ConfigBuilder = crate::config::ConfigBuilder<SearchConfig>;
 
-impl ConfigBuilder {
-    /// Starts from `base` (the defaults, or a stored run's config).
-    pub fn new(base: &SearchConfig) -> Result<ConfigBuilder> {
-        let tree = to_table(base)?;
-        let mut flat = BTreeMap::new();
-        flatten("", &toml::Value::Table(to_table(&SearchConfig::default())?), &mut flat);
-        Ok(ConfigBuilder { tree, known: flat.into_keys().collect() })
-    }
-
-    /// Starts from a stored `config.resolved.toml`.
-    pub fn from_file(path: &Path) -> Result<ConfigBuilder> {
-        let cfg = parse_file(path)?;
-        ConfigBuilder::new(&cfg)
-    }
-
-    /// Merges a `--config` file over the current values (unknown keys fail at [`Self::build`]).
-    pub fn merge_file(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io { context: format!("--config {}", path.display()), source: e })?;
-        let table: toml::Table =
-            toml::from_str(&text).map_err(|e| Error::data(path.display().to_string(), e.to_string()))?;
-        for (k, v) in flat_table(&table) {
-            self.check_key(&k, &format!("{}", path.display()))?;
-            self.put(&k, v);
-        }
-        Ok(())
-    }
-
-    /// Sets one key from a command-line flag.
-    pub fn flag(&mut self, key: &str, value: toml::Value) {
-        self.put(key, value);
-    }
-
-    /// Applies `--set key.path=value` (the value is read as TOML, or as a string when it is not
-    /// valid TOML: `--set space=nb201`, `--set constraints.max_params=\"1M\"`).
-    pub fn set(&mut self, assignment: &str) -> Result<()> {
-        let Some((key, raw)) = assignment.split_once('=') else {
-            return Err(Error::invalid(
-                "--set",
-                format!("'{assignment}' is not key=value (e.g. --set search.population=50)"),
-            ));
-        };
-        let key = key.trim();
-        self.check_key(key, "--set")?;
-        let raw = raw.trim();
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-        self.put(key, value);
-        Ok(())
-    }
-
-    /// The resolved config; type errors name the key.
-    pub fn build(self) -> Result<SearchConfig> {
-        SearchConfig::deserialize(toml::Value::Table(self.tree))
-            .map_err(|e| Error::invalid("config", e.to_string().trim().to_string()))
-    }
-
-    fn check_key(&self, key: &str, source: &str) -> Result<()> {
-        if self.known.iter().any(|k| k == key) {
-            return Ok(());
-        }
-        let close: Vec<&String> = self
-            .known
-            .iter()
-            .filter(|k| {
-                k.ends_with(key.rsplit('.').next().unwrap_or(key)) || key.starts_with(k.split('.').next().unwrap_or(""))
-            })
-            .collect();
-        let hint = if close.is_empty() { String::new() } else { format!(" (did you mean {})", join(&close)) };
-        Err(Error::invalid(
-            "config",
-            format!(
-                "{source}: unknown key '{key}'{hint}; known keys: {}",
-                join(&self.known.iter().collect::<Vec<_>>())
-            ),
-        ))
-    }
-
-    fn put(&mut self, key: &str, value: toml::Value) {
-        let parts: Vec<&str> = key.split('.').collect();
-        let mut t = &mut self.tree;
-        for p in &parts[..parts.len() - 1] {
-            let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if !entry.is_table() {
-                *entry = toml::Value::Table(toml::Table::new());
-            }
-            t = entry.as_table_mut().expect("just made a table");
-        }
-        t.insert(parts[parts.len() - 1].to_string(), value);
-    }
-}
-
-fn join(v: &[&String]) -> String {
-    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+/// A builder starting from `base` (the defaults, or a stored run's config) that accepts the keys
+/// of the default search config.
+pub fn builder(base: &SearchConfig) -> Result<ConfigBuilder> {
+    ConfigBuilder::new(base, &SearchConfig::default(), &[])
 }
 
 /// Reads a `config.resolved.toml`.
@@ -196,7 +98,7 @@ mod tests {
 
     #[test]
     fn layers_apply_in_order_and_unknown_keys_are_named() {
-        let mut b = ConfigBuilder::new(&SearchConfig::default()).unwrap();
+        let mut b = builder(&SearchConfig::default()).unwrap();
         b.flag("space", toml::Value::String("resnet_d".into()));
         b.set("constraints.max_params=\"1M\"").unwrap();
         b.set("search.population = 50").unwrap();
@@ -205,7 +107,7 @@ mod tests {
         assert_eq!((c.space.as_str(), c.search.population, c.algo), ("resnet_d", 50, AlgoKind::Random));
         assert_eq!(c.constraints.max_params, Count(1_000_000));
 
-        let mut b = ConfigBuilder::new(&SearchConfig::default()).unwrap();
+        let mut b = builder(&SearchConfig::default()).unwrap();
         let e = b.set("search.populaton=3").unwrap_err().to_string();
         assert!(e.contains("unknown key 'search.populaton'") && e.contains("search.population"), "{e}");
         let e = b.set("no_equals").unwrap_err().to_string();
@@ -214,7 +116,7 @@ mod tests {
         let e = b.build().unwrap_err().to_string();
         assert!(e.contains("population"), "{e}");
 
-        let mut b = ConfigBuilder::new(&SearchConfig::default()).unwrap();
+        let mut b = builder(&SearchConfig::default()).unwrap();
         b.set("algo=annealing").unwrap();
         let e = b.build().unwrap_err().to_string();
         assert!(e.contains("algo") && e.contains("annealing"), "{e}");
