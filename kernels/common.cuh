@@ -25,6 +25,10 @@
 #define FULL_MASK 0xffffffffu
 
 // Sum over the 32 lanes of a warp; every lane gets the total.
+// ReLU as PyTorch computes it: NaN stays NaN (fmaxf would turn it into 0 and hide it), matching
+// the CPU backend's `elementwise::relu`.
+__device__ __forceinline__ float relu_f(float x) { return x < 0.0f ? 0.0f : x; }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;

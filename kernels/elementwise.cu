@@ -16,8 +16,8 @@ __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf
 
 __device__ __forceinline__ float unary_one(int op, float x, float a, float b) {
     switch (op) {
-        case U_RELU: return fmaxf(x, 0.0f);
-        case U_RELU6: return fminf(fmaxf(x, 0.0f), 6.0f);
+        case U_RELU: return relu_f(x);
+        case U_RELU6: return x > 6.0f ? 6.0f : relu_f(x);
         case U_LEAKY: return x > 0.0f ? x : a * x;
         case U_GELU: return 0.5f * x * (1.0f + erff(x * INV_SQRT2));
         case U_SIGMOID: return sigmoid_f(x);

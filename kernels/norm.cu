@@ -89,7 +89,7 @@ KERNEL void __launch_bounds__(256) bn_apply(const float* __restrict__ x, const f
     GRID_STRIDE(i, (long long)p.n * p.c * p.hw) {
         const int c = (int)((i / p.hw) % p.c);
         const float v = ((x[i] - shift[c]) - shift[c + p.c]) * (invstd[c] * gamma[c]) + beta[c];
-        y[i] = p.relu ? fmaxf(v, 0.0f) : v;
+        y[i] = p.relu ? relu_f(v) : v;
     }
 }
 EMU_EXPORT(bn_apply)
@@ -106,7 +106,7 @@ KERNEL void __launch_bounds__(256) channel_affine(const float* __restrict__ x, c
         const int c = (int)((i / p.hw) % p.c);
         float v = __fadd_rn(__fmul_rn(x[i], scale[c]), shift[c]);
         if (p.has_residual) v = __fadd_rn(v, residual[i]);
-        y[i] = p.relu ? fmaxf(v, 0.0f) : v;
+        y[i] = p.relu ? relu_f(v) : v;
     }
 }
 EMU_EXPORT(channel_affine)

@@ -176,7 +176,13 @@ fn sigmoid(x: f64) -> f64 {
 
 fn unary_value(op: UnaryOp, x: f64) -> Result<f64> {
     Ok(match op {
-        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Relu => {
+            if x < 0.0 {
+                0.0
+            } else {
+                x
+            }
+        }
         UnaryOp::Relu6 => x.clamp(0.0, 6.0),
         UnaryOp::LeakyRelu(s) => {
             if x > 0.0 {
@@ -641,7 +647,7 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
         Op::BatchNormTrain { x, gamma, beta, relu, g, .. } => {
             out = norm_forward(v(x), v(gamma), v(beta), g, true);
             if *relu {
-                out.iter_mut().for_each(|o| *o = o.max(0.0));
+                out.iter_mut().filter(|o| **o < 0.0).for_each(|o| *o = 0.0);
             }
         }
         Op::LayerNorm { x, gamma, beta, g, .. } => out = norm_forward(v(x), v(gamma), v(beta), g, false),

@@ -188,6 +188,25 @@ pub fn binary_broadcasting_large(dev: Device) {
     }
 }
 
+/// ReLU and ReLU6 keep NaN as PyTorch does (a NaN activation must reach the loss and stop the
+/// run, not turn into 0), also inside the fused batchnorm + ReLU ops.
+pub fn relu_propagates_nan(dev: Device) {
+    let v = [f32::NAN, -1.0, 2.0, f32::INFINITY, f32::NEG_INFINITY, 7.0];
+    let x = Tensor::from_slice(&v, [1, 6, 1, 1], dev).unwrap();
+    let show = |t: Tensor| format!("{:?}", t.to_vec().unwrap());
+    assert_eq!(show(x.relu().unwrap()), "[NaN, 0.0, 2.0, inf, 0.0, 7.0]");
+    assert_eq!(show(x.relu6().unwrap()), "[NaN, 0.0, 2.0, 6.0, 0.0, 6.0]");
+    let (one, zero) = (Tensor::ones([6], dev).unwrap(), Tensor::zeros([6], dev).unwrap());
+    let _g = kdscout::autograd::no_grad();
+    let y = x.channel_affine(&one, &zero, None, true).unwrap().to_vec().unwrap();
+    assert!(y[0].is_nan() && y[1] == 0.0 && y[3].is_infinite(), "fused eval path: {y:?}");
+    let x2 = Tensor::from_slice(&[1.0, f32::NAN, 3.0, 4.0], [2, 1, 2, 1], dev).unwrap();
+    let (g1, b1) = (Tensor::ones([1], dev).unwrap(), Tensor::zeros([1], dev).unwrap());
+    let (rm, rv) = (Tensor::zeros([1], dev).unwrap(), Tensor::ones([1], dev).unwrap());
+    let y = x2.batch_norm_train_act(&g1, &b1, &rm, &rv, 0.1, 1e-5, true).unwrap().to_vec().unwrap();
+    assert!(y.iter().all(|v| v.is_nan()), "NaN in a channel's batch makes its statistics NaN: {y:?}");
+}
+
 pub fn binary_shape_errors(dev: Device) {
     let a = Tensor::zeros([2, 3], dev).unwrap();
     let b = Tensor::zeros([4, 3], dev).unwrap();
@@ -237,6 +256,10 @@ macro_rules! elementwise_tests {
         #[test]
         fn binary_broadcasting_large() {
             crate::elementwise::binary_broadcasting_large($dev)
+        }
+        #[test]
+        fn relu_propagates_nan() {
+            crate::elementwise::relu_propagates_nan($dev)
         }
         #[test]
         fn binary_shape_errors() {

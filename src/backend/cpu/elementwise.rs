@@ -69,11 +69,28 @@ fn sigmoid(x: f32) -> f32 {
 
 const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
+/// ReLU as PyTorch computes it: NaN stays NaN (`f32::max` would return 0 and hide it, e.g. the
+/// NaN a Winograd transform makes of an overflowed input), negative values become 0.
+#[inline(always)]
+pub(crate) fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
 #[inline(always)]
 fn unary_one(op: UnaryOp, x: f32) -> f32 {
     match op {
-        UnaryOp::Relu => x.max(0.0),
-        UnaryOp::Relu6 => x.clamp(0.0, 6.0),
+        UnaryOp::Relu => relu(x),
+        UnaryOp::Relu6 => {
+            if x > 6.0 {
+                6.0
+            } else {
+                relu(x)
+            }
+        }
         UnaryOp::LeakyRelu(s) => {
             if x > 0.0 {
                 x
@@ -152,7 +169,7 @@ fn unary_grad(op: UnaryOp, x: f32, y: f32) -> f32 {
 /// The hot ops (ReLU, scalar affine, square) get loops of their own; the rest share one.
 pub fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
     match op {
-        UnaryOp::Relu => map1(x, |v| v.max(0.0)),
+        UnaryOp::Relu => map1(x, relu),
         UnaryOp::Affine { mul, add } => map1(x, move |v| v * mul + add),
         UnaryOp::Pow(2.0) => map1(x, |v| v * v),
         _ => map1(x, |v| unary_one(op, v)),

@@ -15,6 +15,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::elementwise::relu as relu_f;
 use super::PAR_MIN_ELEMS;
 use crate::backend::NormGeom;
 use crate::error::Result;
@@ -53,7 +54,7 @@ fn shifted_sums(v: &[f32], k: f32) -> (f64, f64) {
 /// dy where the forward's ReLU passed (its output y > 0), else 0; dy itself without a ReLU.
 #[inline(always)]
 fn masked<const RELU: bool>(dy: f32, y: f32) -> f32 {
-    if RELU && y <= 0.0 {
+    if RELU && !(y > 0.0) {
         0.0
     } else {
         dy
@@ -174,7 +175,7 @@ pub fn batch_norm_train(
         let xr = &x[r * hw..(r + 1) * hw];
         if relu {
             yr.iter_mut().zip(xr).for_each(|(o, &v)| {
-                o.write(((v - k) * sc + off).max(0.0));
+                o.write(relu_f((v - k) * sc + off));
             });
         } else {
             yr.iter_mut().zip(xr).for_each(|(o, &v)| {
@@ -220,13 +221,13 @@ pub fn channel_affine(
                 o.write(v * sc + sh);
             }),
             (None, true) => yr.iter_mut().zip(xr).for_each(|(o, &v)| {
-                o.write((v * sc + sh).max(0.0));
+                o.write(relu_f(v * sc + sh));
             }),
             (Some(res), false) => yr.iter_mut().zip(xr).zip(&res[r * hw..]).for_each(|((o, &v), &q)| {
                 o.write(v * sc + sh + q);
             }),
             (Some(res), true) => yr.iter_mut().zip(xr).zip(&res[r * hw..]).for_each(|((o, &v), &q)| {
-                o.write((v * sc + sh + q).max(0.0));
+                o.write(relu_f(v * sc + sh + q));
             }),
         }
     }))
