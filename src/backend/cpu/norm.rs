@@ -54,10 +54,11 @@ fn shifted_sums(v: &[f32], k: f32) -> (f64, f64) {
 /// dy where the forward's ReLU passed (its output y > 0), else 0; dy itself without a ReLU.
 #[inline(always)]
 fn masked<const RELU: bool>(dy: f32, y: f32) -> f32 {
-    if RELU && !(y > 0.0) {
-        0.0
-    } else {
+    // `y > 0` false for NaN too, as in the ReLU's own backward rule.
+    if !RELU || y > 0.0 {
         dy
+    } else {
+        0.0
     }
 }
 
