@@ -319,17 +319,16 @@ impl BatchNorm {
     /// teacher's case; in train mode without a residual, batchnorm and ReLU are one op
     /// (`Tensor::batch_norm_train_act`); otherwise the separate ops. Values are the same either way.
     pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-        if self.training && relu && residual.is_none() && !BYPASS_BATCHNORM.with(|b| b.get()) {
-            // Train mode: batchnorm and ReLU as one op (one pass less forward and backward).
-            return self.forward_train(x, true);
-        }
-        let y = if self.training || BYPASS_BATCHNORM.with(|b| b.get()) {
-            self.forward(x)?
-        } else {
+        let bypass = BYPASS_BATCHNORM.with(|b| b.get());
+        if !bypass && !self.training {
             self.check_input(x)?;
             let (w, b) = self.affine()?;
             return x.batch_norm_eval_fused(w, b, &self.running_mean, &self.running_var, self.eps, residual, relu);
-        };
+        }
+        if !bypass && relu && residual.is_none() {
+            return self.forward_train(x, true);
+        }
+        let y = self.forward(x)?;
         let y = match residual {
             Some(r) => y.add(r)?,
             None => y,
