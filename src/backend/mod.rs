@@ -365,6 +365,24 @@ pub struct QuantGeom {
     pub bits: u32,
 }
 
+impl NormGeom {
+    /// Operand lengths of `Backend::channel_affine` (x [n, c, hw], scale and shift [c], residual
+    /// like x), or an error naming them: every backend checks before touching memory.
+    pub fn check_channel_affine(&self, x: usize, scale: usize, shift: usize, residual: Option<usize>) -> Result<()> {
+        let (n, c, hw) = (self.n, self.c, self.hw);
+        if x != n * c * hw || scale != c || shift != c || residual.is_some_and(|r| r != x) {
+            return Err(crate::Error::shape(
+                "channel_affine",
+                format!(
+                    "x has {x} values, scale {scale}, shift {shift}, residual {residual:?}; expected \
+                     [n={n}, c={c}, hw={hw}], c, c and x's count"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl QuantGeom {
     /// Rejects bit widths outside 1..=16 and storages of another size, naming the fix.
     pub fn check(&self, op: &'static str, lens: &[(&str, usize, usize)]) -> Result<()> {

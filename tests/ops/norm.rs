@@ -275,6 +275,15 @@ pub fn norm_bad_inputs_are_errors(dev: Device) {
     assert!(x.batch_norm_eval(&c3, &c4, &c3, &c3, EPS).is_err());
     assert!(x.layer_norm(&c3, &c3, EPS).is_err());
     assert!(Tensor::scalar(1.0, dev).unwrap().batch_norm_train(&c3, &c3, &c3, &c3, 0.1, EPS).is_err());
+    // The backend op checks its operand lengths itself (direct callers skip the Tensor checks).
+    let be = dev.backend();
+    let (x12, s3, s4) =
+        (be.from_host(&[0.0; 12]).unwrap(), be.from_host(&[1.0; 3]).unwrap(), be.from_host(&[1.0; 4]).unwrap());
+    let g = kdscout::backend::NormGeom { n: 1, c: 3, hw: 4, eps: 0.0, momentum: 0.0 };
+    assert!(be.channel_affine(&x12, &s3, &s3, None, true, &g).is_ok());
+    let err = be.channel_affine(&x12, &s4, &s3, None, true, &g).unwrap_err().to_string();
+    assert!(err.contains("scale 4") && err.contains("c=3"), "{err}");
+    assert!(be.channel_affine(&x12, &s3, &s3, Some(&s3), false, &g).is_err());
 }
 
 macro_rules! norm_tests {

@@ -197,19 +197,7 @@ pub fn channel_affine(
     g: &NormGeom,
 ) -> Result<Vec<f32>> {
     let (c, hw) = (g.c, g.hw);
-    if x.len() != g.n * c * hw || scale.len() != c || shift.len() != c || residual.is_some_and(|r| r.len() != x.len()) {
-        return Err(crate::Error::shape(
-            "channel_affine",
-            format!(
-                "x has {} values, scale {}, shift {}, residual {:?}; expected [n={}, c={c}, hw={hw}], c, c and x's count",
-                x.len(),
-                scale.len(),
-                shift.len(),
-                residual.map(|r| r.len()),
-                g.n
-            ),
-        ));
-    }
+    g.check_channel_affine(x.len(), scale.len(), shift.len(), residual.map(|r| r.len()))?;
     if x.is_empty() || hw == 0 {
         return Ok(Vec::new());
     }

@@ -716,19 +716,7 @@ impl<G: Gpu> Backend for GpuBackend<G> {
         g: &NormGeom,
     ) -> Result<Storage> {
         let n = x.len();
-        if n != g.n * g.c * g.hw || scale.len() != g.c || shift.len() != g.c || residual.is_some_and(|r| r.len() != n) {
-            return Err(Error::shape(
-                "channel_affine",
-                format!(
-                    "x has {n} values, scale {}, shift {}; expected [{}, {}, {}]",
-                    scale.len(),
-                    shift.len(),
-                    g.n,
-                    g.c,
-                    g.hw
-                ),
-            ));
-        }
+        g.check_channel_affine(n, scale.len(), shift.len(), residual.map(|r| r.len()))?;
         let mut y = self.gpu.alloc(n)?;
         if n > 0 {
             int("channel_affine", n)?;
