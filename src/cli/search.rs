@@ -72,9 +72,13 @@ pub struct MergeArgs {
     /// Run directories of the shards.
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
-    /// Directory for the merged results, ranking, winner and plots.
+    /// Directory for the merged results, ranking, winner, plots and merge.json.
     #[arg(long)]
     pub out: PathBuf,
+    /// Merge even when shards are missing or unfinished (the summary and merge.json say which);
+    /// without it that is an error.
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 /// Resolves defaults (or the stored config on --resume) < --config < flags < --set.
@@ -195,9 +199,19 @@ fn print_outputs(records: &[run::SearchRecord], cfg: &SearchConfig, out: &std::p
 }
 
 pub fn merge(args: &MergeArgs) -> Result<()> {
-    let records = run::merge(&args.shards, &args.out)?;
+    let (records, report) = crate::search::merge::merge_shards(&args.shards, &args.out, args.allow_partial)?;
     let cfg = crate::search::config::parse_file(&args.out.join(CONFIG_FILE))?;
-    println!("merged {} shards: {} candidates", args.shards.len(), records.len());
+    if !report.complete {
+        eprintln!("merge: warning: --allow-partial: the merged run is incomplete");
+    }
+    println!(
+        "merged {} of {} shards: {} candidates; {}",
+        report.shards.len(),
+        report.shard_count,
+        records.len(),
+        report.holds()
+    );
     print_outputs(&records, &cfg, &args.out);
+    println!("merge:   {}", args.out.join(crate::search::merge::MERGE_FILE).display());
     Ok(())
 }

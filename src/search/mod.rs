@@ -4,6 +4,7 @@
 pub mod algo;
 pub mod budget;
 pub mod config;
+pub mod merge;
 pub mod plots;
 pub mod run;
 pub mod space;

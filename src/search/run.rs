@@ -519,50 +519,5 @@ impl Reporter {
     }
 }
 
-/// Joins the `results.jsonl` of shards of one exhaustive run into `out` (records renumbered in
-/// shard order; an architecture present in several shards is kept once).
-pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Vec<SearchRecord>> {
-    if inputs.is_empty() {
-        return Err(Error::invalid("merge", "give the run directories of the shards to merge"));
-    }
-    if out.join(RESULTS_FILE).exists() {
-        return Err(Error::invalid("merge", format!("{} already holds results; choose another --out", out.display())));
-    }
-    let first = super::config::parse_file(&inputs[0].join(CONFIG_FILE))?;
-    let mut records: Vec<SearchRecord> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for dir in inputs {
-        let cfg = super::config::parse_file(&dir.join(CONFIG_FILE))?;
-        let diff = super::config::differences(&first, &cfg, &["shard.index", "shard.count", "evaluations"])?;
-        if !diff.is_empty() {
-            return Err(Error::invalid(
-                "merge",
-                format!(
-                    "{} is not a shard of the same run as {}: {}",
-                    dir.display(),
-                    inputs[0].display(),
-                    diff.join("; ")
-                ),
-            ));
-        }
-        for r in read_results(&dir.join(RESULTS_FILE))? {
-            if seen.insert(r.record.arch.clone()) {
-                records.push(SearchRecord { cand_id: records.len() as u64, ..r });
-            }
-        }
-    }
-    fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
-    let mut cfg = first.clone();
-    cfg.shard = Default::default();
-    write_atomic(&out.join(CONFIG_FILE), &cfg.to_toml()?)?;
-    let mut text = String::new();
-    for r in &records {
-        text.push_str(&serde_json::to_string(r).map_err(|e| Error::invalid("merge", e.to_string()))?);
-        text.push('\n');
-    }
-    write_atomic(&out.join(RESULTS_FILE), &text)?;
-    let space = space_by_id(&cfg.space)?;
-    let num_classes = records.first().map_or(0, |r| r.num_classes);
-    finish_outputs(out, &cfg, space.as_ref(), num_classes, &records)?;
-    Ok(records)
-}
+/// Merging shards lives in [`super::merge`]; kept here for existing callers.
+pub use super::merge::merge;
