@@ -184,3 +184,69 @@ fn models_reads_a_searched_winner_and_any_buildable_name() {
     assert!(e.contains("/nonexistent/arch.json"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn correlate_says_what_matched_refuses_duplicates_and_explains_undefined_values() {
+    let dir = tmp("correlate");
+    let rec = |arch: &str, scores: &[(&str, f64)]| {
+        let s: Vec<String> = scores.iter().map(|(p, v)| format!("\"{p}\":{{\"score\":{v},\"higher_is_better\":true}}")).collect();
+        format!("{{\"arch\":\"{arch}\",\"scores\":{{{}}}}}\n", s.join(","))
+    };
+    // `flat` is constant, `lone` has one score in the truth, `x` is not in the truth.
+    let body = [
+        rec("a", &[("p", 1.0), ("flat", 5.0), ("lone", 1.0)]),
+        rec("b", &[("p", 2.0), ("flat", 5.0)]),
+        rec("c", &[("p", 3.0), ("flat", 5.0)]),
+        rec("x", &[("p", 4.0), ("flat", 5.0)]),
+    ]
+    .concat();
+    let scores = dir.join("scores.jsonl");
+    std::fs::write(&scores, &body).unwrap();
+    let truth = dir.join("truth.csv");
+    std::fs::write(&truth, "arch,acc\na,1\nb,2\nc,4\nz,9\n").unwrap();
+    let (s, t) = (scores.to_str().unwrap(), truth.to_str().unwrap());
+    let table = ok(&kdscout(&["correlate", "--scores", s, "--truth", t]));
+    assert!(
+        table.contains("matched 3 architectures: 4 scored, 4 in the truth; scored but not in the truth: 1 (x); in the truth but not scored: 1 (z)"),
+        "{table}"
+    );
+    assert!(row_of(&table, "flat").contains("n/a (constant scores)") && !table.contains("NaN"), "{table}");
+    assert!(row_of(&table, "lone").contains("n/a (1 pair with the truth, need 2)"), "{table}");
+    assert!(row_of(&table, "p ").contains("1.0000"), "{table}");
+    let json = kdscout(&["correlate", "--scores", s, "--truth", t, "--json"]);
+    let rows: Vec<serde_json::Value> = ok(&json).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(String::from_utf8_lossy(&json.stderr).contains("matched 3 architectures"));
+    let get = |p: &str| rows.iter().find(|r| r["proxy"] == p).unwrap().clone();
+    assert_eq!((get("flat")["spearman"].clone(), get("flat")["note"].clone()), (serde_json::Value::Null, "n/a (constant scores)".into()));
+    assert_eq!((get("p")["n"].as_u64(), get("p")["spearman"].as_f64(), get("p")["note"].is_null()), (Some(3), Some(1.0), true));
+    assert_eq!((get("p")["scored_not_in_truth"].as_u64(), get("p")["truth_not_scored"].as_u64()), (Some(1), Some(1)));
+    // Constant truth is named as such.
+    let flat_truth = dir.join("flat.csv");
+    std::fs::write(&flat_truth, "arch,acc\na,1\nb,1\nc,1\n").unwrap();
+    let table = ok(&kdscout(&["correlate", "--scores", s, "--truth", flat_truth.to_str().unwrap()]));
+    assert!(row_of(&table, "p ").contains("n/a (constant truth)"), "{table}");
+
+    // A second record of `a` (line 5): an error naming both lines, or the record the flag picks.
+    std::fs::write(&scores, format!("{body}{}", rec("a", &[("p", 10.0), ("flat", 5.0)]))).unwrap();
+    let e = error_of(&kdscout(&["correlate", "--scores", s, "--truth", t]));
+    assert!(e.contains("scores.jsonl:5") && e.contains("lines 1 and 5") && e.contains("--duplicates"), "{e}");
+    let last = kdscout(&["correlate", "--scores", s, "--truth", t, "--duplicates", "last"]);
+    assert!(row_of(&ok(&last), "p ").contains("-0.5000"), "a=10 puts the worst first");
+    let said = String::from_utf8_lossy(&last.stderr);
+    assert!(said.contains("'a' has records on lines 1, 5: used line 5 (--duplicates last)"), "{said}");
+    let first = kdscout(&["correlate", "--scores", s, "--truth", t, "--duplicates", "first"]);
+    assert!(row_of(&ok(&first), "p ").contains("1.0000"));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("used line 1 (--duplicates first)"));
+
+    // No architecture in common: an error showing both sides.
+    std::fs::write(&scores, &body).unwrap();
+    let other = dir.join("other.csv");
+    std::fs::write(&other, "arch,acc\nq,1\nr,2\n").unwrap();
+    let e = error_of(&kdscout(&["correlate", "--scores", s, "--truth", other.to_str().unwrap()]));
+    assert!(e.contains("scores: 4 (a, b, c, x)") && e.contains("truth: 2 (q, r)"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn row_of(table: &str, name: &str) -> String {
+    table.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string()
+}

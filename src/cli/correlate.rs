@@ -1,16 +1,20 @@
 //! `kdscout correlate`: how well each proxy in a `results.jsonl` ranks candidates against a
 //! ground-truth CSV (e.g. trained or distilled accuracies): Spearman ρ, Kendall τ-b, Pearson r
 //! and precision@k over the candidates present in both, with their number n.
+//!
+//! It says which candidates matched (and names the first few that did not, on both sides),
+//! refuses an architecture scored twice unless `--duplicates first|last` picks a record, and
+//! prints `n/a (reason)` where a correlation is undefined (constant scores or truth, too few
+//! pairs) instead of a bare NaN; `--json` carries the reason in `note`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::error::io_err;
 use crate::error::{Error, Result};
-use crate::invalid_err;
 use crate::proxy::rank;
 
 #[derive(Args, Debug, Clone)]
@@ -30,9 +34,22 @@ pub struct CorrelateArgs {
     /// Share of candidates counted as the top for precision@k.
     #[arg(long, default_value_t = 0.1)]
     pub top: f64,
-    /// One JSON object per proxy instead of a table.
+    /// One JSON object per proxy instead of a table (the match summary goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// An architecture with several records in the scores: an error (naming the lines), or use
+    /// the first or the last record (said on stderr).
+    #[arg(long, value_enum, default_value_t = Duplicates::Error)]
+    pub duplicates: Duplicates,
+}
+
+/// What to do with an architecture that has several records in the scores file.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Duplicates {
+    #[default]
+    Error,
+    First,
+    Last,
 }
 
 /// Agreement of one proxy with the truth.
@@ -45,6 +62,13 @@ pub struct Agreement {
     pub pearson: f64,
     pub precision_at_top: f64,
     pub top: f64,
+    /// Architectures with a score for this proxy that the truth file lacks.
+    pub scored_not_in_truth: usize,
+    /// Architectures of the truth file without a score for this proxy (absent, or null: error
+    /// or non-finite).
+    pub truth_not_scored: usize,
+    /// Why a value is n/a (NaN, `null` in JSON), or a caveat; None when every value is defined.
+    pub note: Option<String>,
 }
 
 fn data_err(path: &Path, line: usize, detail: impl Into<String>) -> Error {
@@ -97,11 +121,33 @@ pub fn read_truth(path: &Path, key: &str, column: &str) -> Result<HashMap<String
     Ok(truth)
 }
 
-/// proxy → (arch → signed score, higher better), from results.jsonl lines; records whose score is
-/// null (nonfinite, error) are left out.
-pub fn read_scores(path: &Path) -> Result<BTreeMap<String, HashMap<String, f64>>> {
+/// How many names of a list a message shows before "...".
+const SHOWN: usize = 5;
+
+/// `n (a, b, c, ...)`: a count and the first few names.
+fn some_of(names: &[&str]) -> String {
+    let more = if names.len() > SHOWN { ", ..." } else { "" };
+    format!("{} ({}{more})", names.len(), names[..names.len().min(SHOWN)].join(", "))
+}
+
+/// A results.jsonl, read.
+pub struct Scores {
+    /// proxy → (arch → signed score, higher better); null scores (nonfinite, error) left out.
+    pub by_proxy: BTreeMap<String, HashMap<String, f64>>,
+    /// Every architecture with a record, once, in file order.
+    pub archs: Vec<String>,
+    /// With `--duplicates first|last`: which line was used for each architecture with several.
+    pub used: Vec<String>,
+}
+
+/// Reads the records of `path`; an architecture with several records is an error naming both
+/// lines, or (first/last) the record on the first or last of its lines.
+pub fn read_scores(path: &Path, duplicates: Duplicates) -> Result<Scores> {
     let text = std::fs::read_to_string(path).map_err(io_err(format!("reading {}", path.display())))?;
-    let mut out: BTreeMap<String, HashMap<String, f64>> = BTreeMap::new();
+    // arch → (line of the record used, its signed scores), and every line of duplicated archs.
+    let mut chosen: HashMap<String, (usize, Vec<(String, f64)>)> = HashMap::new();
+    let mut archs = Vec::new();
+    let mut dup_lines: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| data_err(path, i + 1, format!("not a JSON record ({e})")))?;
@@ -109,55 +155,163 @@ pub fn read_scores(path: &Path) -> Result<BTreeMap<String, HashMap<String, f64>>
         let Some(scores) = v["scores"].as_object() else {
             return Err(data_err(path, i + 1, "record has no \"scores\" object"));
         };
-        for (proxy, o) in scores {
-            if let Some(s) = o["score"].as_f64() {
+        let signed: Vec<(String, f64)> = scores
+            .iter()
+            .filter_map(|(proxy, o)| {
                 let sign = if o["higher_is_better"].as_bool() == Some(false) { -1.0 } else { 1.0 };
-                out.entry(proxy.clone()).or_default().insert(arch.to_string(), sign * s);
+                o["score"].as_f64().map(|s| (proxy.clone(), sign * s))
+            })
+            .collect();
+        let Some((first, kept)) = chosen.get_mut(arch) else {
+            chosen.insert(arch.to_string(), (i + 1, signed));
+            archs.push(arch.to_string());
+            continue;
+        };
+        dup_lines.entry(arch.to_string()).or_insert_with(|| vec![*first]).push(i + 1);
+        match duplicates {
+            Duplicates::Error => {
+                return Err(data_err(
+                    path,
+                    i + 1,
+                    format!(
+                        "'{arch}' has a second record (lines {first} and {}); keep one record per architecture, or pass --duplicates first|last",
+                        i + 1
+                    ),
+                ))
             }
+            Duplicates::First => {}
+            Duplicates::Last => (*first, *kept) = (i + 1, signed),
         }
     }
-    if out.is_empty() {
+    let mut by_proxy: BTreeMap<String, HashMap<String, f64>> = BTreeMap::new();
+    let mut used = Vec::new();
+    for (arch, lines) in &dup_lines {
+        let (line, _) = &chosen[arch];
+        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        used.push(format!("'{arch}' has records on lines {}: used line {line}", lines.join(", ")));
+    }
+    for (arch, (_, signed)) in chosen {
+        for (proxy, s) in signed {
+            by_proxy.entry(proxy).or_default().insert(arch.clone(), s);
+        }
+    }
+    if by_proxy.is_empty() {
         return Err(Error::data(path.display().to_string(), "no scored records"));
+    }
+    Ok(Scores { by_proxy, archs, used })
+}
+
+/// Why some values are undefined (NaN), or a caveat on defined ones.
+fn note(x: &[f64], y: &[f64], values: &[(&str, f64)]) -> Option<String> {
+    let nan: Vec<&str> = values.iter().filter(|(_, v)| v.is_nan()).map(|(n, _)| *n).collect();
+    if nan.is_empty() {
+        return (x.len() == 2).then(|| "only 2 pairs: every correlation is +1 or -1".to_string());
+    }
+    let constant = |v: &[f64]| v.iter().all(|a| *a == v[0]);
+    let why = match (constant(x), constant(y)) {
+        (true, true) => "constant scores and truth",
+        (true, false) => "constant scores",
+        (false, true) => "constant truth",
+        // E.g. synflow's huge scores overflow the sums of squares.
+        (false, false) => "values beyond f64 range",
+    };
+    Some(if nan.len() == values.len() { format!("n/a ({why})") } else { format!("{} n/a ({why})", nan.join(", ")) })
+}
+
+pub fn agreements(scores: &Scores, truth: &HashMap<String, f64>, top: f64) -> Result<Vec<Agreement>> {
+    let mut out = Vec::new();
+    for (proxy, by_arch) in &scores.by_proxy {
+        let mut pairs: Vec<(&String, f64, f64)> =
+            by_arch.iter().filter_map(|(a, s)| truth.get(a).map(|t| (a, *s, *t))).collect();
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        let (x, y): (Vec<f64>, Vec<f64>) = pairs.iter().map(|(_, s, t)| (*s, *t)).unzip();
+        let scored_not_in_truth = by_arch.len() - x.len();
+        let truth_not_scored = truth.len() - x.len();
+        let mut row = Agreement {
+            proxy: proxy.clone(),
+            n: x.len(),
+            spearman: f64::NAN,
+            kendall_tau_b: f64::NAN,
+            pearson: f64::NAN,
+            precision_at_top: f64::NAN,
+            top,
+            scored_not_in_truth,
+            truth_not_scored,
+            note: None,
+        };
+        if x.len() < 2 {
+            row.note = Some(format!("n/a ({} pair{} with the truth, need 2)", x.len(), if x.len() == 1 { "" } else { "s" }));
+        } else {
+            row.spearman = rank::spearman(&x, &y)?;
+            row.kendall_tau_b = rank::kendall_tau_b(&x, &y)?;
+            row.pearson = rank::pearson(&x, &y)?;
+            row.precision_at_top = rank::precision_at_top(&x, &y, top)?;
+            let values = [("spearman", row.spearman), ("kendall", row.kendall_tau_b), ("pearson", row.pearson)];
+            row.note = note(&x, &y, &values);
+        }
+        out.push(row);
     }
     Ok(out)
 }
 
-pub fn agreements(
-    scores: &BTreeMap<String, HashMap<String, f64>>,
-    truth: &HashMap<String, f64>,
-    top: f64,
-) -> Result<Vec<Agreement>> {
-    let mut out = Vec::new();
-    for (proxy, by_arch) in scores {
-        let mut pairs: Vec<(&String, f64, f64)> =
-            by_arch.iter().filter_map(|(a, s)| truth.get(a).map(|t| (a, *s, *t))).collect();
-        pairs.sort_by(|a, b| a.0.cmp(b.0));
-        if pairs.len() < 2 {
-            invalid_err!("correlate", "proxy {proxy}: only {} candidates also in the truth file (need 2)", pairs.len());
-        }
-        let (x, y): (Vec<f64>, Vec<f64>) = pairs.iter().map(|(_, s, t)| (*s, *t)).unzip();
-        out.push(Agreement {
-            proxy: proxy.clone(),
-            n: x.len(),
-            spearman: rank::spearman(&x, &y)?,
-            kendall_tau_b: rank::kendall_tau_b(&x, &y)?,
-            pearson: rank::pearson(&x, &y)?,
-            precision_at_top: rank::precision_at_top(&x, &y, top)?,
-            top,
-        });
+/// What matched between the scores and the truth: counts and the first few unmatched names.
+fn match_summary(scores: &Scores, truth: &HashMap<String, f64>, truth_path: &Path) -> Result<String> {
+    let not_in_truth: Vec<&str> = scores.archs.iter().filter(|a| !truth.contains_key(*a)).map(|a| a.as_str()).collect();
+    let scored: std::collections::HashSet<&str> = scores.archs.iter().map(|a| a.as_str()).collect();
+    let mut not_scored: Vec<&str> = truth.keys().filter(|k| !scored.contains(k.as_str())).map(|k| k.as_str()).collect();
+    not_scored.sort_unstable();
+    let matched = scores.archs.len() - not_in_truth.len();
+    if matched == 0 {
+        let mut keys: Vec<&str> = truth.keys().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        let archs: Vec<&str> = scores.archs.iter().map(|a| a.as_str()).collect();
+        return Err(Error::data(
+            truth_path.display().to_string(),
+            format!(
+                "none of its keys names a scored architecture (scores: {}; truth: {}); check --key and that both files spell the architectures alike",
+                some_of(&archs),
+                some_of(&keys)
+            ),
+        ));
     }
-    Ok(out)
+    let mut s = format!(
+        "matched {matched} architectures: {} scored, {} in the truth",
+        scores.archs.len(),
+        truth.len()
+    );
+    if !not_in_truth.is_empty() {
+        s.push_str(&format!("; scored but not in the truth: {}", some_of(&not_in_truth)));
+    }
+    if !not_scored.is_empty() {
+        s.push_str(&format!("; in the truth but not scored: {}", some_of(&not_scored)));
+    }
+    Ok(s)
+}
+
+/// A value of the table: n/a for an undefined one.
+fn cell(v: f64, decimals: usize) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{v:.decimals$}")
+    }
 }
 
 pub fn run(args: &CorrelateArgs) -> Result<()> {
     let truth = read_truth(&args.truth, &args.key, &args.column)?;
-    let scores = read_scores(&args.scores)?;
+    let scores = read_scores(&args.scores, args.duplicates)?;
+    for u in &scores.used {
+        eprintln!("correlate: {u} (--duplicates {})", if args.duplicates == Duplicates::First { "first" } else { "last" });
+    }
+    let summary = match_summary(&scores, &truth, &args.truth)?;
     let rows = agreements(&scores, &truth, args.top)?;
     if args.json {
+        eprintln!("correlate: {summary}");
         for r in &rows {
             println!("{}", serde_json::to_string(r).map_err(|e| Error::invalid("json", e.to_string()))?);
         }
     } else {
+        println!("{summary}");
         println!(
             "{:<14} {:>6} {:>9} {:>9} {:>9} {:>9}",
             "proxy",
@@ -168,9 +322,15 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
             format!("P@{:.0}%", args.top * 100.0)
         );
         for r in &rows {
+            let note = r.note.as_ref().map_or(String::new(), |n| format!("  {n}"));
             println!(
-                "{:<14} {:>6} {:>9.4} {:>9.4} {:>9.4} {:>9.3}",
-                r.proxy, r.n, r.spearman, r.kendall_tau_b, r.pearson, r.precision_at_top
+                "{:<14} {:>6} {:>9} {:>9} {:>9} {:>9}{note}",
+                r.proxy,
+                r.n,
+                cell(r.spearman, 4),
+                cell(r.kendall_tau_b, 4),
+                cell(r.pearson, 4),
+                cell(r.precision_at_top, 3)
             );
         }
     }
