@@ -91,7 +91,8 @@ fn select_proxies(spec: Option<&str>, has_teacher: bool) -> Result<Vec<Box<dyn P
     Ok(chosen)
 }
 
-fn read_candidates(path: &Path) -> Result<Vec<String>> {
+/// The names in a `--candidates` file: one a line, `#` starts a comment (pub for the parser tests).
+pub fn read_candidates(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(io_err(format!("reading candidates file {}", path.display())))?;
     let names: Vec<String> = text
         .lines()

@@ -1,0 +1,358 @@
+//! Property tests of every parser a user reaches (NB201 strings, model and space names, TOML
+//! configs and `--set`, candidate files, `.pth`/pickle, safetensors, CIFAR files, counts, data
+//! sources, shards): arbitrary input, and valid input truncated or with bytes flipped, never
+//! panics (a panic fails the property), and every error names the input: the file, or the
+//! offending string. Case counts are fixed so the whole file stays within seconds.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use proptest::prelude::*;
+
+use kdscout::data::DataSource;
+use kdscout::search::config::{builder, SearchConfig};
+use kdscout::search::{space_by_id, Count, Shard};
+use kdscout::weights::pth::read_state_dict;
+
+mod common;
+use common::TempDir;
+
+/// Cases per property in `cargo test` (about 10 s for the file); PROPTEST_CASES=N runs more.
+const CASES: u32 = 1024;
+
+fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    ProptestConfig { cases, ..ProptestConfig::default() }
+}
+
+/// Whether `msg` names `input` (as written, or as Rust escapes it inside quotes).
+fn names(msg: &str, input: &str) -> bool {
+    let input = input.trim();
+    let dbg = format!("{input:?}");
+    msg.contains(input) || msg.contains(&dbg[1..dbg.len() - 1])
+}
+
+/// `valid` cut at `cut` (a char boundary at or before it) with the characters at `flips`
+/// replaced by `with`.
+fn mutate_str(valid: &str, cut: usize, flips: &[(usize, char)]) -> String {
+    let mut chars: Vec<char> = valid.chars().collect();
+    for &(at, c) in flips {
+        if !chars.is_empty() {
+            let i = at % chars.len();
+            chars[i] = c;
+        }
+    }
+    chars.truncate(cut.min(chars.len()));
+    chars.into_iter().collect()
+}
+
+/// `valid` truncated to `cut` bytes with the bytes at `flips` xored with their values.
+fn mutate_bytes(valid: &[u8], cut: usize, flips: &[(usize, u8)]) -> Vec<u8> {
+    let mut b = valid.to_vec();
+    for &(at, x) in flips {
+        if !b.is_empty() {
+            let i = at % b.len();
+            b[i] ^= x.max(1);
+        }
+    }
+    b.truncate(cut.min(b.len()));
+    b
+}
+
+/// Cut points biased to keep most of the input (len+ means "no cut").
+fn cut(len: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![Just(usize::MAX), 0..len + 1]
+}
+
+fn flips_str() -> impl Strategy<Value = Vec<(usize, char)>> {
+    prop::collection::vec((any::<usize>(), prop_oneof![any::<char>(), prop::sample::select(vec!['|', '~', '+', '_', '0', '9', '-', '.', '=', '"', '[', ' '])]), 0..4)
+}
+
+fn flips_bytes() -> impl Strategy<Value = Vec<(usize, u8)>> {
+    prop::collection::vec((any::<usize>(), any::<u8>()), 0..6)
+}
+
+/// Strings that are mostly near-valid: a valid example mutated, or arbitrary text.
+fn near(valid: &'static [&'static str]) -> impl Strategy<Value = String> {
+    let long = valid.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+    prop_oneof![
+        3 => (prop::sample::select(valid), cut(long), flips_str()).prop_map(|(v, c, f)| mutate_str(v, c, &f)),
+        1 => any::<String>(),
+        1 => "[a-z_0-9|~+:/.=-]{0,40}",
+    ]
+}
+
+const NB201: &[&str] = &[
+    "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|",
+    "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+];
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    #[test]
+    fn nb201_strings(s in near(NB201)) {
+        if let Err(e) = kdscout::models::Nb201Genotype::parse(&s) {
+            let msg = e.to_string();
+            prop_assert!(names(&msg, &s), "{msg}");
+        }
+    }
+
+    #[test]
+    fn model_names(s in near(&[
+        "resnet8", "resnet32x4", "resnet_d137", "resnet_w16-16-32-64_d3-3-3", "vit_e192_d12_h3_r4",
+        "vit_e192_h3-3-4_r4-4-3.5", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1",
+        "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+    ])) {
+        // Width and ViT names parse into any size: parse them, build only the rest (small nets).
+        let r = if s.starts_with("resnet_w") {
+            kdscout::models::parse_resnet_wd(&s).map(|_| ())
+        } else if s.starts_with("vit_") {
+            kdscout::models::VitConfig::parse(&s).map(|_| ())
+        } else {
+            kdscout::models::build(&s, 10, &mut kdscout::rng::Rng::seed(0), kdscout::Device::Cpu).map(|_| ())
+        };
+        if let Err(e) = r {
+            let msg = e.to_string();
+            prop_assert!(names(&msg, &s), "{msg}");
+        }
+    }
+
+    #[test]
+    fn space_names(s in near(&["nb201", "resnet_d", "resnet", "vit"])) {
+        if let Err(e) = space_by_id(&s) {
+            let msg = e.to_string();
+            prop_assert!(names(&msg, &s), "{msg}");
+        }
+    }
+
+    #[test]
+    fn counts(s in near(&["1M", "1.5M", "300k", "2G", "1_000_000", "0", "-5", "1e3"])) {
+        if let Err(e) = Count::parse(&s, "--max-params") {
+            let msg = e.to_string();
+            prop_assert!(names(&msg, &s) && msg.contains("--max-params"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn data_sources(s in near(&["builtin", "synthetic", "synthetic:100", "cifar10:/data/x", "cifar100:d"])) {
+        if let Err(e) = DataSource::from_str(&s) {
+            let msg = e.to_string();
+            prop_assert!(names(&msg, &s), "{msg}");
+        }
+    }
+
+    #[test]
+    fn shards(s in near(&["0/4", "3/4", "1/2", " 0 / 1 "])) {
+        if let Err(e) = Shard::parse(&s) {
+            let msg = e.to_string();
+            prop_assert!(names(&msg, &s) && msg.contains("--shard"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn set_assignments(s in near(&[
+        "search.population=50", "seed = 3", "constraints.max_params=\"1M\"", "algo=random",
+        "shard.count=4", "batch_size=[1,2]", "data=synthetic:3",
+    ])) {
+        let mut b = builder(&SearchConfig::default()).unwrap();
+        match b.set(&s) {
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(msg.contains("--set") && names(&msg, s.split('=').next().unwrap()), "{msg}");
+            }
+            Ok(()) => {
+                // The key was known; a value of the wrong type names that key.
+                if let Err(e) = b.build() {
+                    let msg = e.to_string();
+                    let key = s.split('=').next().unwrap().trim();
+                    let last = key.rsplit('.').next().unwrap();
+                    prop_assert!(msg.contains(last), "{msg} (from {s:?})");
+                }
+            }
+        }
+    }
+}
+
+/// A valid config file, as a run writes it.
+fn valid_toml() -> &'static str {
+    static TOML: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOML.get_or_init(|| SearchConfig { space: "resnet_d".into(), ..Default::default() }.to_toml().unwrap())
+}
+
+/// One temp folder for the file-reading properties (a file per case, overwritten).
+fn scratch() -> &'static TempDir {
+    static DIR: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| TempDir::new("parsers-prop"))
+}
+
+/// Writes `bytes` to a file named for `what` in the scratch folder (unique per thread).
+fn file(what: &str, bytes: &[u8]) -> PathBuf {
+    let name = format!("{what}-{:?}", std::thread::current().id()).replace(['(', ')'], "");
+    scratch().write(&name, bytes)
+}
+
+fn named_path(msg: &str, path: &Path) -> bool {
+    msg.contains(&path.display().to_string())
+}
+
+fn bytes_near(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let len = valid.len();
+    prop_oneof![
+        3 => (cut(len), flips_bytes()).prop_map(move |(c, f)| mutate_bytes(&valid, c, &f)),
+        1 => prop::collection::vec(any::<u8>(), 0..512),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    #[test]
+    fn toml_config_files(text in prop_oneof![
+        3 => (cut(2000), flips_str()).prop_map(|(c, f)| mutate_str(valid_toml(), c, &f)),
+        1 => any::<String>(),
+    ]) {
+        let path = file("config.toml", text.as_bytes());
+        let mut b = builder(&SearchConfig::default()).unwrap();
+        match b.merge_file(&path) {
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(named_path(&msg, &path), "{msg}");
+            }
+            // Every key was known; a bad value names its key (checked by set_assignments).
+            Ok(()) => { let _ = b.build(); }
+        }
+        // The same text as a run's stored config (read on --resume and by merge).
+        if let Err(e) = kdscout::search::config::parse_file(&path) {
+            let msg = e.to_string();
+            prop_assert!(named_path(&msg, &path), "{msg}");
+        }
+    }
+
+    #[test]
+    fn candidate_files(bytes in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        "[ -~\n#|]{0,200}".prop_map(String::into_bytes),
+    ]) {
+        let path = file("cands.txt", &bytes);
+        match kdscout::cli::score::read_candidates(&path) {
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(named_path(&msg, &path), "{msg}");
+            }
+            Ok(names) => prop_assert!(names.iter().all(|n| !n.is_empty() && !n.contains('#'))),
+        }
+    }
+}
+
+fn cifar10_valid() -> Vec<u8> {
+    let mut b = vec![7u8; 2 * kdscout::data::CIFAR10_RECORD_BYTES];
+    b[0] = 3;
+    b
+}
+
+fn cifar100_valid() -> Vec<u8> {
+    let mut b = vec![7u8; 2 * kdscout::data::CIFAR100_RECORD_BYTES];
+    (b[0], b[1]) = (19, 99);
+    b
+}
+
+fn safetensors_valid() -> Vec<u8> {
+    let t = |v: Vec<f32>, dims: Vec<usize>| kdscout::Tensor::from_vec(v, dims, kdscout::Device::Cpu).unwrap();
+    let tensors = vec![("a.weight".to_string(), t(vec![1.0, 2.0, 3.0, 4.0], vec![2, 2])), ("b".to_string(), t(vec![5.0], vec![1]))];
+    let meta = kdscout::weights::model_metadata("resnet8", 10);
+    kdscout::weights::to_safetensors_bytes(&tensors, &meta).unwrap()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth").join(name)).unwrap()
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    #[test]
+    fn cifar_files(b10 in bytes_near(cifar10_valid()), b100 in bytes_near(cifar100_valid()), fine in any::<bool>()) {
+        if let Err(e) = kdscout::data::Dataset::parse_cifar10(&b10, "in/data_batch_1.bin", "b") {
+            let msg = e.to_string();
+            prop_assert!(msg.contains("in/data_batch_1.bin"), "{msg}");
+        }
+        if let Err(e) = kdscout::data::Dataset::parse_cifar100(&b100, fine, "in/train.bin", "t") {
+            let msg = e.to_string();
+            prop_assert!(msg.contains("in/train.bin"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn safetensors_bytes(b in bytes_near(safetensors_valid())) {
+        if let Err(e) = kdscout::weights::from_safetensors_bytes(&b, "in/w.safetensors") {
+            let msg = e.to_string();
+            prop_assert!(msg.contains("in/w.safetensors"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn pickles(b in bytes_near(fixture_pickle())) {
+        // Errors are plain text here; the .pth reader adds the file (checked below).
+        let _ = kdscout::weights::pickle::load(&b);
+    }
+
+    #[test]
+    fn pth_files(b in prop_oneof![bytes_near(fixture("dtypes.pth")), bytes_near(fixture("legacy.pth"))]) {
+        let path = file("w.pth", &b);
+        if let Err(e) = read_state_dict(&path) {
+            let msg = e.to_string();
+            prop_assert!(named_path(&msg, &path), "{msg}");
+        }
+    }
+}
+
+/// The entries of a torch.save file (name, bytes), in archive order.
+fn fixture_entries() -> &'static [(String, Vec<u8>)] {
+    use std::io::Read;
+    static ENTRIES: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    ENTRIES.get_or_init(|| {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(fixture("dtypes.pth"))).unwrap();
+        (0..zip.len())
+            .map(|i| {
+                let mut f = zip.by_index(i).unwrap();
+                let mut out = Vec::new();
+                f.read_to_end(&mut out).unwrap();
+                (f.name().unwrap().into_owned(), out)
+            })
+            .collect()
+    })
+}
+
+/// The data.pkl of a torch.save file (the pickle the .pth reader parses).
+fn fixture_pickle() -> Vec<u8> {
+    fixture_entries().iter().find(|(n, _)| n.ends_with("data.pkl")).unwrap().1.clone()
+}
+
+/// The torch.save file with entry `entry` (the pickle when None) mutated and the archive
+/// rebuilt with valid checksums, so the damage reaches the pickle and storage readers.
+fn rezipped(entry: Option<usize>, cut: usize, flips: &[(usize, u8)]) -> Vec<u8> {
+    use std::io::Write;
+    let entries = fixture_entries();
+    let target = entry.map_or_else(|| entries.iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap(), |e| e % entries.len());
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (i, (name, data)) in entries.iter().enumerate() {
+        w.start_file(name.as_str(), opts).unwrap();
+        w.write_all(&if i == target { mutate_bytes(data, cut, flips) } else { data.clone() }).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    #[test]
+    fn pth_entries(entry in prop_oneof![Just(None), any::<usize>().prop_map(Some)], c in cut(4096), flips in flips_bytes()) {
+        let path = file("e.pth", &rezipped(entry, c, &flips));
+        if let Err(e) = read_state_dict(&path) {
+            let msg = e.to_string();
+            prop_assert!(named_path(&msg, &path), "{msg}");
+        }
+    }
+}
