@@ -1,6 +1,6 @@
 //! Property tests of every parser a user reaches (NB201 strings, model and space names, TOML
 //! configs and `--set`, candidate files, `.pth`/pickle, safetensors, CIFAR files, counts, data
-//! sources, shards): arbitrary input, and valid input truncated or with bytes flipped, never
+//! sources, shards, correlate's CSV and scores, arch.json): arbitrary input, and valid input truncated or with bytes flipped, never
 //! panics (a panic fails the property), and every error names the input: the file, or the
 //! offending string. Case counts are fixed so the whole file stays within seconds.
 
@@ -241,6 +241,33 @@ proptest! {
                 prop_assert!(named_path(&msg, &path), "{msg}");
             }
             Ok(names) => prop_assert!(names.iter().all(|n| !n.is_empty() && !n.contains('#'))),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    // `correlate`'s truth CSV and scores file, and `models --arch`'s arch.json.
+    #[test]
+    fn correlate_inputs(csv in near(&["arch,acc\nresnet8,70.5\n\"|none~0|+|x|\",60\n"]),
+                        jsonl in near(&["{\"arch\":\"a\",\"scores\":{\"p\":{\"score\":1.5,\"higher_is_better\":false}}}\n"]),
+                        arch in near(&["{\"space\":\"nb201\",\"arch\":\"resnet8\",\"genome\":[1],\"num_classes\":10}"])) {
+        use kdscout::cli::correlate::{read_scores, read_truth, Duplicates};
+        let path = file("truth.csv", csv.as_bytes());
+        if let Err(e) = read_truth(&path, "arch", "acc") {
+            let msg = e.to_string();
+            prop_assert!(named_path(&msg, &path), "{msg}");
+        }
+        let path = file("scores.jsonl", jsonl.as_bytes());
+        if let Err(e) = read_scores(&path, Duplicates::Error) {
+            let msg = e.to_string();
+            prop_assert!(named_path(&msg, &path), "{msg}");
+        }
+        let path = file("arch.json", arch.as_bytes());
+        if let Err(e) = kdscout::search::run::ArchFile::load(&path) {
+            let msg = e.to_string();
+            prop_assert!(named_path(&msg, &path), "{msg}");
         }
     }
 }

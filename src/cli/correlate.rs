@@ -201,19 +201,22 @@ pub fn read_scores(path: &Path, duplicates: Duplicates) -> Result<Scores> {
     Ok(Scores { by_proxy, archs, used })
 }
 
+fn constant(v: &[f64]) -> bool {
+    v.iter().all(|a| *a == v[0])
+}
+
 /// Why some values are undefined (NaN), or a caveat on defined ones.
 fn note(x: &[f64], y: &[f64], values: &[(&str, f64)]) -> Option<String> {
     let nan: Vec<&str> = values.iter().filter(|(_, v)| v.is_nan()).map(|(n, _)| *n).collect();
     if nan.is_empty() {
         return (x.len() == 2).then(|| "only 2 pairs: every correlation is +1 or -1".to_string());
     }
-    let constant = |v: &[f64]| v.iter().all(|a| *a == v[0]);
     let why = match (constant(x), constant(y)) {
         (true, true) => "constant scores and truth",
         (true, false) => "constant scores",
         (false, true) => "constant truth",
-        // E.g. synflow's huge scores overflow the sums of squares.
-        (false, false) => "values beyond f64 range",
+        // Not reached by the statistics of `rank` (they rescale); kept so no NaN goes unexplained.
+        (false, false) => "numerically undefined",
     };
     Some(if nan.len() == values.len() { format!("n/a ({why})") } else { format!("{} n/a ({why})", nan.join(", ")) })
 }
@@ -245,8 +248,15 @@ pub fn agreements(scores: &Scores, truth: &HashMap<String, f64>, top: f64) -> Re
             row.spearman = rank::spearman(&x, &y)?;
             row.kendall_tau_b = rank::kendall_tau_b(&x, &y)?;
             row.pearson = rank::pearson(&x, &y)?;
-            row.precision_at_top = rank::precision_at_top(&x, &y, top)?;
-            let values = [("spearman", row.spearman), ("kendall", row.kendall_tau_b), ("pearson", row.pearson)];
+            // With constant scores or truth a top k is only the file order: n/a as well.
+            row.precision_at_top =
+                if constant(&x) || constant(&y) { f64::NAN } else { rank::precision_at_top(&x, &y, top)? };
+            let values = [
+                ("spearman", row.spearman),
+                ("kendall", row.kendall_tau_b),
+                ("pearson", row.pearson),
+                ("precision", row.precision_at_top),
+            ];
             row.note = note(&x, &y, &values);
         }
         out.push(row);
@@ -335,4 +345,29 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(proxy: &str, pairs: &[(&str, f64)]) -> Scores {
+        let by_arch: HashMap<String, f64> = pairs.iter().map(|(a, s)| (a.to_string(), *s)).collect();
+        Scores {
+            by_proxy: [(proxy.to_string(), by_arch)].into(),
+            archs: pairs.iter().map(|(a, _)| a.to_string()).collect(),
+            used: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn undefined_values_say_why() {
+        let truth: HashMap<String, f64> = [("a", 1.0), ("b", 2.0), ("c", 3.0)].map(|(k, v)| (k.to_string(), v)).into();
+        let r = &agreements(&scores("p", &[("a", 1.0), ("x", 2.0)]), &truth, 0.5).unwrap()[0];
+        assert_eq!((r.n, r.note.as_deref()), (1, Some("n/a (1 pair with the truth, need 2)")));
+        assert!(r.spearman.is_nan() && r.precision_at_top.is_nan());
+        let r = &agreements(&scores("p", &[("a", 1.0), ("b", 1.0), ("c", 1.0)]), &truth, 0.5).unwrap()[0];
+        assert_eq!(r.note.as_deref(), Some("n/a (constant scores)"));
+        assert!(r.precision_at_top.is_nan(), "a top k of ties is only the file order");
+    }
 }

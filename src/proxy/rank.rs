@@ -40,12 +40,27 @@ fn check(x: &[f64], y: &[f64], what: &str) -> Result<()> {
 /// Pearson's r; NaN when either side is constant (as scipy).
 pub fn pearson(x: &[f64], y: &[f64]) -> Result<f64> {
     check(x, y, "pearson")?;
+    let (r, ok) = pearson_sums(x, y);
+    if ok {
+        return Ok(r);
+    }
+    // Sums of squares beyond f64 (synflow's 1e200s overflow to a silent r = 0, tiny values
+    // underflow to NaN): r does not depend on scale, so compute it on values scaled to |v| <= 1.
+    let scaled = |v: &[f64]| -> Vec<f64> {
+        let m = v.iter().fold(0.0f64, |m, a| m.max(a.abs()));
+        v.iter().map(|a| if m > 0.0 { a / m } else { *a }).collect()
+    };
+    Ok(pearson_sums(&scaled(x), &scaled(y)).0)
+}
+
+/// r from the centred sums, and whether their product stayed a normal f64.
+fn pearson_sums(x: &[f64], y: &[f64]) -> (f64, bool) {
     let n = x.len() as f64;
     let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
     let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
     let sxx: f64 = x.iter().map(|a| (a - mx) * (a - mx)).sum();
     let syy: f64 = y.iter().map(|b| (b - my) * (b - my)).sum();
-    Ok(sxy / (sxx * syy).sqrt())
+    (sxy / (sxx * syy).sqrt(), sxy.is_finite() && (sxx * syy).is_normal())
 }
 
 /// Spearman's ρ: Pearson of the average ranks.
@@ -127,6 +142,12 @@ mod tests {
         let half = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 0.0];
         assert_eq!(precision_at_top(&half, &truth, 0.2).unwrap(), 0.5);
         assert!(spearman(&[1.0], &[1.0]).is_err());
+        // Huge and tiny scores give the r of their scaled values, not 0 or NaN.
+        let r = pearson(&[1e200, -1e200, 3e200], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((r - 0.5).abs() < 1e-12, "{r}");
+        let r = pearson(&[1e-200, -1e-200, 3e-200], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((r - 0.5).abs() < 1e-12, "{r}");
+        assert!(pearson(&[2.0, 2.0], &[1.0, 2.0]).unwrap().is_nan());
         assert!(kendall_tau_b(&[1.0, f64::NAN], &[1.0, 2.0]).is_err());
     }
 }
