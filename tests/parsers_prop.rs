@@ -356,19 +356,58 @@ fn fixture_pickle() -> Vec<u8> {
     fixture_entries().iter().find(|(n, _)| n.ends_with("data.pkl")).unwrap().1.clone()
 }
 
-/// The torch.save file with entry `entry` (the pickle when None) mutated and the archive
-/// rebuilt with valid checksums, so the damage reaches the pickle and storage readers.
-fn rezipped(entry: Option<usize>, cut: usize, flips: &[(usize, u8)]) -> Vec<u8> {
+/// The torch.save file with entry `target` replaced by `edit` of it, the archive rebuilt with
+/// valid checksums so that the damage reaches the pickle and storage readers.
+fn rezip(target: usize, edit: impl FnOnce(&[u8]) -> Vec<u8>) -> Vec<u8> {
     use std::io::Write;
-    let entries = fixture_entries();
-    let target = entry.map_or_else(|| entries.iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap(), |e| e % entries.len());
+    let mut edit = Some(edit);
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (i, (name, data)) in entries.iter().enumerate() {
+    for (i, (name, data)) in fixture_entries().iter().enumerate() {
         w.start_file(name.as_str(), opts).unwrap();
-        w.write_all(&if i == target { mutate_bytes(data, cut, flips) } else { data.clone() }).unwrap();
+        let data = if i == target { edit.take().unwrap()(data) } else { data.clone() };
+        w.write_all(&data).unwrap();
     }
     w.finish().unwrap().into_inner()
+}
+
+/// Index of data.pkl among the fixture's entries.
+fn pickle_entry() -> usize {
+    fixture_entries().iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap()
+}
+
+/// The fixture with entry `entry` (the pickle when None) mutated.
+fn rezipped(entry: Option<usize>, cut: usize, flips: &[(usize, u8)]) -> Vec<u8> {
+    let target = entry.map_or_else(pickle_entry, |e| e % fixture_entries().len());
+    rezip(target, |data| mutate_bytes(data, cut, flips))
+}
+
+/// Regression: sizes from a hostile pickle overflowed `usize` in the .pth reader (a panic, or in
+/// release a wrapped count) or asked for any amount of memory; now errors naming the file.
+#[test]
+fn pth_with_huge_sizes_is_an_error() {
+    // The f64 tensor of the fixture: shape (4, 6), strides (6, 1), as pickle opcodes.
+    let view = b"K\x04K\x06\x86q\x08K\x06K\x01\x86";
+    let long = |v: i64| [&b"\x8a\x08"[..], &v.to_le_bytes()].concat();
+    let with = |new: Vec<u8>| {
+        rezip(pickle_entry(), |pkl| {
+            let at = pkl.windows(view.len()).position(|w| w == view).expect("fixture view");
+            [&pkl[..at], &new, &pkl[at + view.len()..]].concat()
+        })
+    };
+    let cases = [
+        // 2^62 x 4 elements: the element count overflows.
+        ([long(1 << 62), b"K\x04\x86q\x08K\x04K\x01\x86".to_vec()].concat(), "more than 268435456 elements"),
+        // 2^20 x 2^9 elements of one stored value (stride 0): half a billion floats.
+        ([long(1 << 20), b"M\x00\x02\x86q\x08K\x00K\x00\x86".to_vec()].concat(), "more than 268435456 elements"),
+        // Stride 2^63 - 1: the address of the last element overflows.
+        ([b"K\x04K\x06\x86q\x08".to_vec(), long(i64::MAX), b"K\x01\x86".to_vec()].concat(), "beyond any storage"),
+    ];
+    for (new, want) in cases {
+        let path = file("huge.pth", &with(new));
+        let msg = read_state_dict(&path).expect_err("a corrupt size").to_string();
+        assert!(named_path(&msg, &path) && msg.contains(want), "{msg}");
+    }
 }
 
 proptest! {

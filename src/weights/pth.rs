@@ -42,6 +42,10 @@ pub struct Imported {
 
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 
+/// Elements one imported tensor may have (1 GiB as f32; the zoo's largest has a few million):
+/// a larger count is a corrupt shape, refused before anything is allocated for it.
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
 /// Reads the weights of a PyTorch zip checkpoint, or of a safetensors file (told apart by their
 /// first bytes), naming the file and the fix in every error.
 pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Imported> {
@@ -270,12 +274,33 @@ fn materialize(
     let data = &storages[&s.key];
     let size = elem.size();
     let available = data.len() / size;
-    let numel: usize = t.shape.iter().product();
+    // Sizes come from the file: checked arithmetic, so a corrupt shape is an error, not an
+    // overflow (a panic, or a wrapped count that passes the bounds check).
+    let corrupt = |why: &str| {
+        Error::data(
+            ar.show,
+            format!(
+                "tensor {name} (shape {:?}, offset {}, strides {:?}) {why}; the file is corrupt",
+                t.shape, t.offset, t.strides
+            ),
+        )
+    };
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &n| a.checked_mul(n))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| corrupt(&format!("has more than {MAX_ELEMENTS} elements")))?;
     if numel == 0 {
         return Ok(Vec::new());
     }
     // The furthest element the view reads must lie inside the storage.
-    let last = t.offset + t.shape.iter().zip(&t.strides).map(|(&n, &st)| (n - 1) * st).sum::<usize>();
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.strides)
+        .try_fold(t.offset, |a, (&n, &st)| (n - 1).checked_mul(st).and_then(|v| a.checked_add(v)))
+        .ok_or_else(|| corrupt("addresses elements beyond any storage"))?;
     if last >= available {
         return Err(Error::data(
             ar.show,
