@@ -46,17 +46,63 @@ fn mutate_str(valid: &str, cut: usize, flips: &[(usize, char)]) -> String {
     chars.into_iter().collect()
 }
 
-/// `valid` truncated to `cut` bytes with the bytes at `flips` xored with their values.
-fn mutate_bytes(valid: &[u8], cut: usize, flips: &[(usize, u8)]) -> Vec<u8> {
-    let mut b = valid.to_vec();
-    for &(at, x) in flips {
-        if !b.is_empty() {
-            let i = at % b.len();
-            b[i] ^= x.max(1);
+/// A change to valid bytes: truncated to `cut` with the bytes at `flips` xored, `token`
+/// inserted at a position, or a small pickle int (`K` and its byte, e.g. a size or stride of a
+/// tensor) replaced by `token` (huge numbers in a pickle's or a header's encodings).
+#[derive(Clone, Debug)]
+enum Mutation {
+    CutFlip(usize, Vec<(usize, u8)>),
+    Insert(usize, &'static [u8]),
+    ReplaceInt(usize, &'static [u8]),
+}
+
+impl Mutation {
+    fn apply(&self, valid: &[u8]) -> Vec<u8> {
+        let mut b = valid.to_vec();
+        match self {
+            Mutation::CutFlip(cut, flips) => {
+                for &(at, x) in flips {
+                    if !b.is_empty() {
+                        let i = at % b.len();
+                        b[i] ^= x.max(1);
+                    }
+                }
+                b.truncate((*cut).min(b.len()));
+            }
+            Mutation::Insert(at, token) => {
+                let i = at % (b.len() + 1);
+                b.splice(i..i, token.iter().copied());
+            }
+            Mutation::ReplaceInt(k, token) => {
+                let ints: Vec<usize> = (0..b.len().saturating_sub(1)).filter(|&i| b[i] == b'K').collect();
+                if !ints.is_empty() {
+                    let i = ints[k % ints.len()];
+                    b.splice(i..i + 2, token.iter().copied());
+                }
+            }
         }
+        b
     }
-    b.truncate(cut.min(b.len()));
-    b
+}
+
+/// Encodings of extreme numbers: pickle LONG1 (i64::MAX, 2^62, -1), BININT, and as text.
+const TOKENS: &[&[u8]] = &[
+    b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7f",
+    b"\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40",
+    b"\x8a\x01\xff",
+    b"J\xff\xff\xff\x7f",
+    b"18446744073709551615",
+    b"9223372036854775807",
+    b"-1",
+    b"4294967296",
+];
+
+fn mutation(len: usize) -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => (cut(len), flips_bytes()).prop_map(|(c, f)| Mutation::CutFlip(c, f)),
+        1 => (any::<usize>(), prop::sample::select(TOKENS)).prop_map(|(at, t)| Mutation::Insert(at, t)),
+        1 => (any::<usize>(), prop::sample::select(TOKENS)).prop_map(|(k, t)| Mutation::ReplaceInt(k, t)),
+    ]
 }
 
 /// Cut points biased to keep most of the input (len+ means "no cut").
@@ -199,7 +245,7 @@ fn named_path(msg: &str, path: &Path) -> bool {
 fn bytes_near(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     let len = valid.len();
     prop_oneof![
-        3 => (cut(len), flips_bytes()).prop_map(move |(c, f)| mutate_bytes(&valid, c, &f)),
+        4 => mutation(len).prop_map(move |m| m.apply(&valid)),
         1 => prop::collection::vec(any::<u8>(), 0..512),
     ]
 }
@@ -377,9 +423,9 @@ fn pickle_entry() -> usize {
 }
 
 /// The fixture with entry `entry` (the pickle when None) mutated.
-fn rezipped(entry: Option<usize>, cut: usize, flips: &[(usize, u8)]) -> Vec<u8> {
+fn rezipped(entry: Option<usize>, m: &Mutation) -> Vec<u8> {
     let target = entry.map_or_else(pickle_entry, |e| e % fixture_entries().len());
-    rezip(target, |data| mutate_bytes(data, cut, flips))
+    rezip(target, |data| m.apply(data))
 }
 
 /// Regression: sizes from a hostile pickle overflowed `usize` in the .pth reader (a panic, or in
@@ -414,8 +460,8 @@ proptest! {
     #![proptest_config(config(CASES))]
 
     #[test]
-    fn pth_entries(entry in prop_oneof![Just(None), any::<usize>().prop_map(Some)], c in cut(4096), flips in flips_bytes()) {
-        let path = file("e.pth", &rezipped(entry, c, &flips));
+    fn pth_entries(entry in prop_oneof![Just(None), any::<usize>().prop_map(Some)], m in mutation(4096)) {
+        let path = file("e.pth", &rezipped(entry, &m));
         if let Err(e) = read_state_dict(&path) {
             let msg = e.to_string();
             prop_assert!(named_path(&msg, &path), "{msg}");
