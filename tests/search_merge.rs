@@ -79,7 +79,7 @@ fn merge_refuses_repeated_foreign_missing_and_unfinished_shards() {
     assert!(e.contains("shard 2/3 is missing"), "{e}");
     assert!(e.contains("(shard 1/3) is incomplete: 5 of its 21 members scored"), "{e}");
     assert!(e.contains(&format!("kdscout search --resume --out {}", dirs[1].display())), "{e}");
-    assert!(e.contains("--allow-partial"), "{e}");
+    assert!(e.contains("--allow-partial to merge what there is (it holds 27 of 64 members of resnet_d)"), "{e}");
     assert!(!out("m6").exists(), "a refused merge writes nothing");
     // ... and with --allow-partial the merge goes on and says what it holds.
     let (records, report) = merge_shards(&[dirs[0].clone(), dirs[1].clone()], &out("m7"), true).unwrap();
@@ -95,6 +95,16 @@ fn merge_refuses_repeated_foreign_missing_and_unfinished_shards() {
     assert_eq!((json["members"].as_u64(), json["space_size"].as_u64()), (Some(27), Some(64)));
     assert_eq!(json["complete"], false);
     assert_eq!(json["shards"].as_array().unwrap().len(), 2);
+
+    // Members a budget excludes are counted as such, not silently absent.
+    let mut budget = cfg(0, 1);
+    budget.constraints.max_params = kdscout::search::Count(300_000);
+    search(&budget, &out("budget"), None);
+    let (records, report) = merge_shards(&[out("budget")], &out("m10"), false).unwrap();
+    assert!(report.complete && report.over_budget > 0);
+    assert_eq!(records.len() as u64 + report.over_budget, 64);
+    let tail = format!("of 64 members of resnet_d ({} over the budget, not scored)", report.over_budget);
+    assert!(report.holds().ends_with(&tail), "{}", report.holds());
 
     // Complete shards merge into the whole space, printed and in merge.json.
     let exe = env!("CARGO_BIN_EXE_kdscout");

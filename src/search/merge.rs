@@ -62,15 +62,9 @@ pub struct MergeReport {
 }
 
 impl MergeReport {
-    /// One line: "holds 64 of 64 members of resnet_d", or what is absent.
+    /// One line: "holds 64 of 64 members of resnet_d", then what is absent.
     pub fn holds(&self) -> String {
-        let mut s = match self.space_size {
-            Some(n) => format!("holds {} of {n} members of {}", self.members, self.space),
-            None => format!("holds {} members of {} (a space too large to enumerate)", self.members, self.space),
-        };
-        if self.over_budget > 0 {
-            s.push_str(&format!(" ({} over the budget, not scored)", self.over_budget));
-        }
+        let mut s = self.counts();
         let mut absent: Vec<String> = self.missing.iter().map(|i| format!("shard {i}/{} missing", self.shard_count)).collect();
         for sh in self.shards.iter().filter(|sh| sh.finished.is_none()) {
             absent.push(format!("shard {}/{} incomplete ({})", sh.index, sh.count, sh.held()));
@@ -81,6 +75,18 @@ impl MergeReport {
         }
         if self.duplicates_dropped > 0 {
             s.push_str(&format!("; {} records of architectures already merged were dropped", self.duplicates_dropped));
+        }
+        s
+    }
+
+    /// "holds 35 of 64 members of resnet_d" (and how many the budget excluded).
+    fn counts(&self) -> String {
+        let mut s = match self.space_size {
+            Some(n) => format!("holds {} of {n} members of {}", self.members, self.space),
+            None => format!("holds {} members of {} (a space too large to enumerate)", self.members, self.space),
+        };
+        if self.over_budget > 0 {
+            s.push_str(&format!(" ({} over the budget, not scored)", self.over_budget));
         }
         s
     }
@@ -281,7 +287,7 @@ fn partial_reasons(r: &MergeReport) -> String {
             sh.dir
         ));
     }
-    format!("{}; or pass --allow-partial to merge what there is ({})", why.join("; "), r.holds())
+    format!("{}; or pass --allow-partial to merge what there is (it {})", why.join("; "), r.counts())
 }
 
 #[cfg(test)]
