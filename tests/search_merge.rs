@@ -81,8 +81,14 @@ fn merge_refuses_repeated_foreign_missing_and_unfinished_shards() {
     assert!(e.contains(&format!("kdscout search --resume --out {}", dirs[1].display())), "{e}");
     assert!(e.contains("--allow-partial to merge what there is (it holds 27 of 64 members of resnet_d)"), "{e}");
     assert!(!out("m6").exists(), "a refused merge writes nothing");
-    // ... and with --allow-partial the merge goes on and says what it holds.
+    // ... and with --allow-partial the merge goes on and says what it holds. A shard still being
+    // written (its last line half done) is read, not cut.
+    let res1 = dirs[1].join("results.jsonl");
+    let mut torn = std::fs::read(&res1).unwrap();
+    torn.extend_from_slice(b"{\"schema\":1,\"cand");
+    std::fs::write(&res1, &torn).unwrap();
     let (records, report) = merge_shards(&[dirs[0].clone(), dirs[1].clone()], &out("m7"), true).unwrap();
+    assert_eq!(std::fs::read(&res1).unwrap(), torn, "merge leaves a running shard's file alone");
     assert_eq!(records.len(), 22 + 5);
     assert!(!report.complete);
     assert_eq!((report.missing.clone(), report.incomplete.clone()), (vec![2], vec![1]));

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::algo::SearchState;
 use super::config::{differences, parse_file, SearchConfig};
-use super::run::{finish_outputs, read_results, write_atomic, SearchRecord, CONFIG_FILE, RESULTS_FILE, STATE_FILE};
+use super::run::{finish_outputs, parse_results, write_atomic, SearchRecord, CONFIG_FILE, RESULTS_FILE, STATE_FILE};
 use super::space::space_by_id;
 use crate::error::io_err as io;
 use crate::{Error, Result};
@@ -131,7 +131,12 @@ fn read_input(dir: &Path) -> Result<Input> {
         None
     };
     let results = dir.join(RESULTS_FILE);
-    let records = read_results(&results)?;
+    // Read only: a shard may still be running (its last line half written).
+    let records = match fs::read(&results) {
+        Ok(bytes) => parse_results(&bytes, &results)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(results.display().to_string())(e)),
+    };
     if let Some(r) = records.iter().find(|r| r.space != cfg.space) {
         return Err(Error::data(
             results.display().to_string(),

@@ -124,7 +124,7 @@ pub fn read_results(path: &Path) -> Result<Vec<SearchRecord>> {
         return Ok(Vec::new());
     }
     let bytes = fs::read(path).map_err(io(path.display().to_string()))?;
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let complete = complete_lines(&bytes);
     if complete < bytes.len() {
         eprintln!(
             "search: {}: dropping a partial last line ({} bytes) left by an interrupted write",
@@ -134,8 +134,20 @@ pub fn read_results(path: &Path) -> Result<Vec<SearchRecord>> {
         let f = OpenOptions::new().write(true).open(path).map_err(io(path.display().to_string()))?;
         f.set_len(complete as u64).map_err(io(path.display().to_string()))?;
     }
-    let text =
-        std::str::from_utf8(&bytes[..complete]).map_err(|e| Error::data(path.display().to_string(), e.to_string()))?;
+    parse_results(&bytes, path)
+}
+
+/// Length of the complete lines of a results file (a torn last line excluded).
+fn complete_lines(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// The records of the complete lines of a results file's `bytes`, read from `path`; a torn last
+/// line (a write in progress, or cut short) is left out and the file left as it is (`merge`
+/// reads shards that may still be running).
+pub fn parse_results(bytes: &[u8], path: &Path) -> Result<Vec<SearchRecord>> {
+    let text = std::str::from_utf8(&bytes[..complete_lines(bytes)])
+        .map_err(|e| Error::data(path.display().to_string(), e.to_string()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
