@@ -155,10 +155,10 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     let rows = agreements(&scores, &truth, args.top)?;
     if args.json {
         for r in &rows {
-            println!("{}", serde_json::to_string(r).map_err(|e| Error::invalid("json", e.to_string()))?);
+            crate::outln!("{}", serde_json::to_string(r).map_err(|e| Error::invalid("json", e.to_string()))?);
         }
     } else {
-        println!(
+        crate::outln!(
             "{:<14} {:>6} {:>9} {:>9} {:>9} {:>9}",
             "proxy",
             "n",
@@ -168,9 +168,14 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
             format!("P@{:.0}%", args.top * 100.0)
         );
         for r in &rows {
-            println!(
+            crate::outln!(
                 "{:<14} {:>6} {:>9.4} {:>9.4} {:>9.4} {:>9.3}",
-                r.proxy, r.n, r.spearman, r.kendall_tau_b, r.pearson, r.precision_at_top
+                r.proxy,
+                r.n,
+                r.spearman,
+                r.kendall_tau_b,
+                r.pearson,
+                r.precision_at_top
             );
         }
     }

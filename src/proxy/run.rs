@@ -41,10 +41,64 @@ pub struct CandidateRecord {
     pub scores: BTreeMap<String, ProxyOutcome>,
 }
 
-/// A candidate's weight seed from the run seed and its name, so its score does not depend on
-/// where it sits in a candidates file (shards and merged runs agree).
+/// A candidate's weight seed from the run seed and the network (its canonical name, so
+/// `resnet8` and `resnet_d111` get the same weights), so its score does not depend on where it
+/// sits in a candidates file or on its spelling (shards and merged runs agree).
 pub fn candidate_seed(run_seed: u64, name: &str) -> u64 {
+    hash_name(run_seed, &crate::models::canonical_name(name))
+}
+
+/// The teacher's weight seed: distinct from a student of the same network (a random teacher is
+/// not a copy of one of the candidates), the same in `score` and `search`.
+pub fn teacher_seed(run_seed: u64, name: &str) -> u64 {
+    hash_name(run_seed, &format!("teacher:{}", crate::models::canonical_name(name)))
+}
+
+/// A score for a table: six decimals, or scientific notation for values whose magnitude fixed
+/// decimals would hide (synflow's 1e40s, tiny gradients).
+pub fn format_score(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e7).contains(&a) {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+fn hash_name(run_seed: u64, name: &str) -> u64 {
     name.bytes().fold(run_seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Where a scoring run's teacher comes from.
+#[derive(Clone, Debug)]
+pub struct TeacherSource<'a> {
+    pub name: &'a str,
+    /// Trained weights (a kdscout model file or training checkpoint); `None`: initialised from
+    /// [`teacher_seed`] and the run's init mode.
+    pub weights: Option<&'a std::path::Path>,
+}
+
+/// The teacher network of `score` and `search` (one code path, so both give a student the same
+/// score for the same settings): trained weights when given, checked for non-finite values,
+/// else a random network from the run seed.
+pub fn build_teacher(
+    src: &TeacherSource,
+    num_classes: usize,
+    run_seed: u64,
+    init: super::InitMode,
+) -> Result<Box<dyn Network>> {
+    let cand = Candidate {
+        name: src.name.to_string(),
+        num_classes,
+        seed: teacher_seed(run_seed, src.name),
+        init,
+        device: crate::Device::Cpu,
+    };
+    let net = cand.build()?;
+    if let Some(path) = src.weights {
+        crate::distill::checkpoint::load_teacher_weights(net.as_ref(), path)?;
+    }
+    Ok(net)
 }
 
 /// Scores one candidate with every proxy, never failing as a whole: a proxy's error is recorded
@@ -120,4 +174,17 @@ fn macs_of(net: &dyn Network, ctx: &ScoringContext) -> Result<u64> {
     let (out, macs) = crate::tensor::macs::count_macs(|| net.forward(&x));
     out?;
     Ok(macs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_score;
+
+    #[test]
+    fn huge_and_tiny_scores_use_scientific_notation() {
+        assert_eq!(format_score(1.7e141), "1.7000e141");
+        assert_eq!(format_score(-2.5e-7), "-2.5000e-7");
+        assert_eq!(format_score(0.0), "0.000000");
+        assert_eq!(format_score(-12.3456789), "-12.345679");
+    }
 }
