@@ -69,6 +69,21 @@ fn long_search(out: &Path) -> Vec<String> {
     a
 }
 
+/// A child process killed (SIGKILL) when the test ends, even by a failed assertion: a leaked
+/// 50-epoch training would load the machine long after the test.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_quiet(args: &[String]) -> Killed {
+    Killed(exe().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+}
+
 /// Waits until `child` holds the lock of `dir` (its pid is in the lock file).
 fn wait_for_lock(child: &mut Child, dir: &Path) {
     let t0 = Instant::now();
@@ -88,8 +103,9 @@ fn wait_for_lock(child: &mut Child, dir: &Path) {
 fn a_second_writer_is_refused_and_a_killed_holder_leaves_no_stale_lock() {
     let t = TempDir::new("lock-search");
     let out = t.join("run");
-    let mut first = exe().args(long_search(&out)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_for_lock(&mut first, &out);
+    let mut guard = spawn_quiet(&long_search(&out));
+    let first = &mut guard.0;
+    wait_for_lock(first, &out);
 
     // search, score --out and train on the busy directory: refused at once, naming it and the pid.
     let second = kdscout(&long_search(&out));
@@ -150,8 +166,9 @@ fn a_second_training_process_is_refused() {
             .chain([out.display().to_string()])
             .collect()
     };
-    let mut first = exe().args(args(&out)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_for_lock(&mut first, &out);
+    let mut guard = spawn_quiet(&args(&out));
+    let first = &mut guard.0;
+    wait_for_lock(first, &out);
     let mut a = args(&out);
     a.push("--resume".into());
     let err = failed(&kdscout(&a), 4);
@@ -615,4 +632,45 @@ fn help_shows_every_default() {
     assert!(help.contains("random"), "--evaluations below the population: {help}");
     let help = ok(&kdscout(&["score", "--help"]));
     assert!(help.contains("The one seed of the run"), "{help}");
+}
+
+#[test]
+fn import_weights_takes_the_student_out_of_a_training_checkpoint() {
+    let t = TempDir::new("import-ckpt");
+    let run = t.join("run");
+    ok(&kdscout(&[
+        "train", "--model", "resnet8", "--data", "synthetic", "--epochs", "1", "--batch", "32", "--out",
+        run.to_str().unwrap(),
+    ]));
+    let out = t.join("student.safetensors");
+    let ckpt = run.join("checkpoints/latest.safetensors");
+    let o = kdscout(&[
+        "import-weights", ckpt.to_str().unwrap(), out.to_str().unwrap(), "--model", "resnet8", "--classes", "10",
+    ]);
+    assert!(ok(&o).contains("kdscout training checkpoint"), "{}", String::from_utf8_lossy(&o.stdout));
+    let imported = kdscout::weights::load(&out).unwrap();
+    let trained = kdscout::weights::load(&ckpt).unwrap();
+    let (name, w) = imported.tensors.iter().find(|(n, _)| n == "fc.weight").unwrap();
+    let (_, w0) = trained.tensors.iter().find(|(n, _)| n == &format!("student.{name}")).unwrap();
+    assert_eq!(w.to_vec().unwrap(), w0.to_vec().unwrap());
+}
+
+#[test]
+fn a_teacher_with_overflowing_logits_cannot_score() {
+    let t = TempDir::new("score-teacher");
+    let huge = t.join("huge.safetensors");
+    weights_file(&huge, 1);
+    poison(&huge, |n, v| {
+        if n == "fc.weight" {
+            v.iter_mut().for_each(|x| *x = if *x >= 0.0 { 3e38 } else { -3e38 });
+        }
+    });
+    let err = failed(
+        &kdscout(&[
+            "score", "--teacher", "resnet8", "--teacher-weights", huge.to_str().unwrap(), "--student", "resnet8",
+            "--proxies", "diswot", "--data", "synthetic", "--batch", "4",
+        ]),
+        1,
+    );
+    assert!(err.contains("huge.safetensors") && err.contains("non-finite logits"), "{err}");
 }

@@ -74,7 +74,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut rng = Rng::seed(args.seed);
     let mut model = small_cnn(args.width, train.num_classes, &mut rng, device)?;
 
-    std::fs::create_dir_all(&args.out).map_err(io_err(format!("creating run directory {}", args.out.display())))?;
+    let _lock = crate::run_lock::RunLock::acquire(&args.out)?;
     let resolved = ResolvedConfig {
         kdscout_version: env!("CARGO_PKG_VERSION"),
         command: "demo",

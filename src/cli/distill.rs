@@ -23,7 +23,7 @@ pub struct DistillArgs {
     /// A searched student: a JSON file with a "genome" (or "arch") string, e.g. runs/X/best/arch.json.
     #[arg(long)]
     pub arch: Option<PathBuf>,
-    /// Distillation loss (default kd); --list-losses shows them with their weights.
+    /// Distillation loss; --list-losses shows them with their weights [default: kd].
     #[arg(long)]
     pub loss: Option<String>,
     /// List the losses and exit.

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataSource;
 use crate::error::io_err;
 use crate::error::{Error, Result};
-use crate::proxy::run::{build_teacher, candidate_seed, format_score, score_candidate, CandidateRecord, TeacherSource};
-use crate::proxy::{self, Candidate, InitMode, Proxy, ScoringContext, TeacherView};
+use crate::proxy::run::{candidate_seed, format_score, score_candidate, teacher_view, CandidateRecord, TeacherSource};
+use crate::proxy::{self, Candidate, InitMode, Proxy, ScoringContext};
 use crate::run_lock::RunLock;
 use crate::{invalid_err, Device};
 
@@ -190,11 +190,10 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let teacher = match &args.teacher {
         Some(name) => {
             let src = TeacherSource { name, weights: args.teacher_weights.as_deref() };
-            let net = build_teacher(&src, classes, args.seed, init)?;
-            if let Some(dir) = &args.dump {
-                dump_weights(dir, "teacher", net.as_ref(), name, classes)?;
-            }
-            Some(TeacherView::compute(net.as_ref(), name, &images, &labels)?)
+            Some(teacher_view(&src, classes, args.seed, init, &images, &labels, |net| match &args.dump {
+                Some(dir) => dump_weights(dir, "teacher", net, name, classes),
+                None => Ok(()),
+            })?)
         }
         None => None,
     };

@@ -78,9 +78,39 @@ pub struct TeacherSource<'a> {
     pub weights: Option<&'a std::path::Path>,
 }
 
-/// The teacher network of `score` and `search` (one code path, so both give a student the same
-/// score for the same settings): trained weights when given, checked for non-finite values,
-/// else a random network from the run seed.
+/// The teacher's view of the scoring batch for `score` and `search` (one code path, so both
+/// give a student the same score for the same settings): [`build_teacher`], then its features on
+/// the batch, whose logits must be finite (a teacher that overflows cannot score anyone).
+/// `on_built` sees the network before it is used (`score --dump` saves its initial weights: the
+/// train-mode forward moves the batchnorm running statistics).
+pub fn teacher_view(
+    src: &TeacherSource,
+    num_classes: usize,
+    run_seed: u64,
+    init: super::InitMode,
+    images: &crate::Tensor,
+    labels: &[u32],
+    on_built: impl FnOnce(&dyn Network) -> Result<()>,
+) -> Result<super::TeacherView> {
+    let net = build_teacher(src, num_classes, run_seed, init)?;
+    on_built(net.as_ref())?;
+    let view = super::TeacherView::compute(net.as_ref(), src.name, images, labels)?;
+    let bad = view.features.logits.to_vec()?.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        let from = src.weights.map_or_else(|| format!("initialised from seed {run_seed}"), |w| w.display().to_string());
+        return Err(crate::Error::invalid(
+            "--teacher",
+            format!(
+                "the teacher {} ({from}) gives {bad} non-finite logits on the scoring batch: it cannot score students; check its weights",
+                src.name
+            ),
+        ));
+    }
+    Ok(view)
+}
+
+/// The teacher network of `score` and `search`: trained weights when given, checked for
+/// non-finite values, else a random network from the run seed.
 pub fn build_teacher(
     src: &TeacherSource,
     num_classes: usize,

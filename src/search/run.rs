@@ -27,8 +27,8 @@ use super::budget::Checked;
 use super::config::SearchConfig;
 use super::space::{space_by_id, Genome, SearchSpace};
 use crate::error::io_err as io;
-use crate::proxy::run::{build_teacher, candidate_seed, score_candidate, CandidateRecord};
-use crate::proxy::{self, Candidate, Proxy, ScoringContext, TeacherView};
+use crate::proxy::run::{candidate_seed, score_candidate, teacher_view, CandidateRecord};
+use crate::proxy::{self, Candidate, Proxy, ScoringContext};
 use crate::run_lock::RunLock;
 use crate::tensor::Tensor;
 use crate::{Device, Error, Result};
@@ -311,8 +311,7 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
 
     let teacher = match cfg.teacher_source() {
         Some(src) if info.needs_teacher => {
-            let t = build_teacher(&src, num_classes, cfg.seed, cfg.init)?;
-            Some(TeacherView::compute(t.as_ref(), src.name, &images, &labels)?)
+            Some(teacher_view(&src, num_classes, cfg.seed, cfg.init, &images, &labels, |_| Ok(()))?)
         }
         _ => None,
     };
