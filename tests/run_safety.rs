@@ -639,13 +639,28 @@ fn import_weights_takes_the_student_out_of_a_training_checkpoint() {
     let t = TempDir::new("import-ckpt");
     let run = t.join("run");
     ok(&kdscout(&[
-        "train", "--model", "resnet8", "--data", "synthetic", "--epochs", "1", "--batch", "32", "--out",
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--out",
         run.to_str().unwrap(),
     ]));
     let out = t.join("student.safetensors");
     let ckpt = run.join("checkpoints/latest.safetensors");
     let o = kdscout(&[
-        "import-weights", ckpt.to_str().unwrap(), out.to_str().unwrap(), "--model", "resnet8", "--classes", "10",
+        "import-weights",
+        ckpt.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--model",
+        "resnet8",
+        "--classes",
+        "10",
     ]);
     assert!(ok(&o).contains("kdscout training checkpoint"), "{}", String::from_utf8_lossy(&o.stdout));
     let imported = kdscout::weights::load(&out).unwrap();
@@ -667,8 +682,19 @@ fn a_teacher_with_overflowing_logits_cannot_score() {
     });
     let err = failed(
         &kdscout(&[
-            "score", "--teacher", "resnet8", "--teacher-weights", huge.to_str().unwrap(), "--student", "resnet8",
-            "--proxies", "diswot", "--data", "synthetic", "--batch", "4",
+            "score",
+            "--teacher",
+            "resnet8",
+            "--teacher-weights",
+            huge.to_str().unwrap(),
+            "--student",
+            "resnet8",
+            "--proxies",
+            "diswot",
+            "--data",
+            "synthetic",
+            "--batch",
+            "4",
         ]),
         1,
     );
