@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataSource;
 use crate::error::io_err;
 use crate::error::{Error, Result};
-use crate::proxy::run::{candidate_seed, format_score, score_candidate, teacher_view, CandidateRecord, TeacherSource};
+use crate::proxy::run::{candidate_seed, format_score, score_repeated, teacher_view, CandidateRecord, TeacherSource};
 use crate::proxy::{self, Candidate, InitMode, Proxy, ScoringContext};
 use crate::run_lock::RunLock;
 use crate::{invalid_err, Device};
@@ -32,8 +32,19 @@ pub struct ScoreArgs {
     #[arg(long, conflicts_with = "candidates")]
     pub student: Option<String>,
     /// A file of candidates, one model name or NB201 string a line (# comments allowed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "space")]
     pub candidates: Option<PathBuf>,
+    /// Score a seeded random sample of a search space (nb201, resnet_d, resnet, vit): with
+    /// --sample N, N distinct members drawn with --seed.
+    #[arg(long, requires = "sample", conflicts_with = "student")]
+    pub space: Option<String>,
+    /// How many distinct members of --space to score.
+    #[arg(long, requires = "space")]
+    pub sample: Option<usize>,
+    /// Average every proxy over N repeats, repeat r using seed --seed + r for the batch and every
+    /// network's weights; records hold the mean as the score and its sample std [default: 1].
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
     /// Comma-separated proxies, or `all` (default: diswot with a teacher, else every proxy that
     /// needs none). `--list` shows them.
     #[arg(long)]
@@ -86,7 +97,14 @@ struct ResolvedConfig {
     batch: usize,
     init: InitMode,
     classes: usize,
+    /// `--repeats` (1 for runs written before it existed).
+    #[serde(default = "one")]
+    repeats: usize,
     device: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Keys that may differ between two scoring sessions of one run directory.
@@ -131,11 +149,15 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut names = match (&args.student, &args.candidates) {
-        (Some(s), None) => vec![s.clone()],
-        (None, Some(f)) => read_candidates(f)?,
-        _ => invalid_err!("score", "give --student NAME or --candidates FILE"),
+    let mut names = match (&args.student, &args.candidates, &args.space, args.sample) {
+        (Some(s), None, None, _) => vec![s.clone()],
+        (None, Some(f), None, _) => read_candidates(f)?,
+        (None, None, Some(space), Some(n)) => sample_space(space, n, args.seed)?,
+        _ => invalid_err!("score", "give --student NAME, --candidates FILE, or --space SPACE --sample N"),
     };
+    if args.repeats == 0 {
+        invalid_err!("--repeats", "0 repeats score nothing: give 1 (the default) or more");
+    }
     let proxies = select_proxies(args.proxies.as_deref(), args.teacher.is_some())?;
     let source: DataSource = args.data.parse()?;
     let init: InitMode = args.init.parse()?;
@@ -158,12 +180,14 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         batch: args.batch,
         init,
         classes,
+        repeats: args.repeats,
         device: "cpu".into(),
     };
 
     // The run directory: locked for the whole session; an existing run is continued only with
     // the same settings (its candidates already scored are skipped), never mixed with others.
-    let out = args.out.clone().or_else(|| args.candidates.as_ref().map(|_| PathBuf::from("runs/score")));
+    let many = args.candidates.is_some() || args.space.is_some();
+    let out = args.out.clone().or_else(|| many.then(|| PathBuf::from("runs/score")));
     let mut results = None;
     let mut _lock = None;
     if let Some(dir) = &out {
@@ -182,23 +206,30 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         results = Some(file);
     }
 
-    let (images, labels, _) = proxy::scoring_batch(&source, args.batch, args.seed)?;
-    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
-        invalid_err!("--classes", "label {bad} of {source} does not fit {classes} classes: raise --classes");
-    }
+    // One scoring context (batch, teacher view) per repeat; repeat r uses seed --seed + r.
     let dev = Device::Cpu;
-    let teacher = match &args.teacher {
-        Some(name) => {
-            let src = TeacherSource { name, weights: args.teacher_weights.as_deref() };
-            Some(teacher_view(&src, classes, args.seed, init, &images, &labels, |net| match &args.dump {
-                Some(dir) => dump_weights(dir, "teacher", net, name, classes),
-                None => Ok(()),
-            })?)
+    let mut contexts = Vec::with_capacity(args.repeats);
+    for r in 0..args.repeats {
+        let seed = repeat_seed(args.seed, r)?;
+        let (images, labels, _) = proxy::scoring_batch(&source, args.batch, seed)?;
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            invalid_err!("--classes", "label {bad} of {source} does not fit {classes} classes: raise --classes");
         }
-        None => None,
-    };
-    let ctx = ScoringContext { images, labels, teacher, seed: args.seed };
+        let dump = if r == 0 { args.dump.as_deref() } else { None };
+        let teacher = match &args.teacher {
+            Some(name) => {
+                let src = TeacherSource { name, weights: args.teacher_weights.as_deref() };
+                Some(teacher_view(&src, classes, seed, init, &images, &labels, |net| match dump {
+                    Some(dir) => dump_weights(dir, "teacher", net, name, classes),
+                    None => Ok(()),
+                })?)
+            }
+            None => None,
+        };
+        contexts.push(ScoringContext { images, labels, teacher, seed });
+    }
     if let Some(dir) = &args.dump {
+        let ctx = &contexts[0];
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let labels_t =
             crate::Tensor::from_vec(ctx.labels.iter().map(|&l| l as f32).collect(), [ctx.labels.len()], dev)?;
@@ -210,9 +241,14 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     }
 
     let header = format!(
-        "# data {source}, batch {}, seed {}, init {}, {} classes, teacher {}",
+        "# data {source}, batch {}, seed {}{}, init {}, {} classes, teacher {}",
         args.batch,
         args.seed,
+        if args.repeats > 1 {
+            format!(" (+0..{} over {} repeats)", args.repeats - 1, args.repeats)
+        } else {
+            String::new()
+        },
         args.init,
         classes,
         match (&args.teacher, &args.teacher_weights) {
@@ -230,17 +266,17 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     }
     let mut failed: Vec<String> = Vec::new();
     for name in &names {
-        let cand = Candidate {
-            name: name.clone(),
-            num_classes: classes,
-            seed: candidate_seed(args.seed, name),
-            init,
-            device: dev,
-        };
         if let Some(dir) = &args.dump {
+            let cand = Candidate {
+                name: name.clone(),
+                num_classes: classes,
+                seed: candidate_seed(args.seed, name),
+                init,
+                device: dev,
+            };
             dump_weights(dir, &format!("student_{}", sanitize(name)), cand.build()?.as_ref(), name, classes)?;
         }
-        let record = score_candidate(&ctx, &cand, &proxies);
+        let record = score_repeated(&contexts, name, classes, init, dev, &proxies);
         let line = serde_json::to_string(&record).map_err(|e| Error::invalid("results", e.to_string()))?;
         if let Some((f, path)) = &mut results {
             writeln!(f, "{line}")
@@ -264,6 +300,48 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         crate::errln!("results: {}", path.display());
     }
     partly_failed(&failed, names.len(), "candidates")
+}
+
+/// The seed of repeat `r`: `--seed` + r.
+fn repeat_seed(seed: u64, r: usize) -> Result<u64> {
+    seed.checked_add(r as u64)
+        .ok_or_else(|| Error::invalid("--repeats", format!("--seed {seed} + {r} repeats passes 2^64: lower --seed")))
+}
+
+/// `--space S --sample N`: N distinct members of the space, drawn with the seed (uniformly
+/// without replacement when the space can be enumerated, else by rejection of repeats).
+fn sample_space(space: &str, n: usize, seed: u64) -> Result<Vec<String>> {
+    let sp = crate::search::space::space_by_id(space)?;
+    let mut rng = crate::rng::Rng::seed(seed ^ 0x5341_4d50_4c45); // "SAMPLE": apart from the batch's stream
+    if n == 0 {
+        invalid_err!("--sample", "0 members: give how many members of {space} to score");
+    }
+    match sp.size() {
+        Some(size) if (n as u64) > size => {
+            invalid_err!("--sample", "{n} members asked of {space}, which has {size}: lower --sample")
+        }
+        Some(size) => {
+            // Floyd's sampling: n distinct indices of 0..size in n draws.
+            let (mut chosen, mut order) = (HashSet::new(), Vec::with_capacity(n));
+            for j in size - n as u64..size {
+                let t = rng.below(j as usize + 1) as u64;
+                let pick = if chosen.contains(&t) { j } else { t };
+                chosen.insert(pick);
+                order.push(pick);
+            }
+            order.into_iter().map(|i| sp.nth(i).map(|g| sp.name(&g))).collect()
+        }
+        None => {
+            let (mut seen, mut names) = (HashSet::new(), Vec::with_capacity(n));
+            while names.len() < n {
+                let name = sp.name(&sp.sample(&mut rng));
+                if seen.insert(name.clone()) {
+                    names.push(name);
+                }
+            }
+            Ok(names)
+        }
+    }
 }
 
 /// The error that ends a run whose results were all written but some of which failed (exit code

@@ -22,6 +22,12 @@ pub struct ProxyOutcome {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `score --repeats N` (N > 1): `score` and `terms` are means over the repeats, this is
+    /// the sample standard deviation of the score (n − 1), `repeats` is N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<usize>,
 }
 
 /// The `results.jsonl` record of one candidate.
@@ -172,6 +178,8 @@ pub fn score_candidate(ctx: &ScoringContext, candidate: &Candidate, proxies: &[B
                     time_s: start.elapsed().as_secs_f64(),
                     status: if finite { "ok" } else { "nonfinite" }.into(),
                     error: None,
+                    std: None,
+                    repeats: None,
                 }
             }
             Err(e) => failed(p.as_ref(), start.elapsed().as_secs_f64(), e.to_string()),
@@ -184,6 +192,76 @@ pub fn score_candidate(ctx: &ScoringContext, candidate: &Candidate, proxies: &[B
     record
 }
 
+/// Scores the network `name` once per context (repeat r: the batch and teacher view of
+/// `contexts[r]`, weights from `candidate_seed(contexts[r].seed, name)`) and reports, per proxy,
+/// the mean over the repeats as its score, with the sample std; a proxy that failed or was
+/// non-finite in any repeat keeps that repeat's outcome. One context is exactly
+/// [`score_candidate`].
+pub fn score_repeated(
+    contexts: &[ScoringContext],
+    name: &str,
+    num_classes: usize,
+    init: super::InitMode,
+    device: crate::Device,
+    proxies: &[Box<dyn Proxy>],
+) -> CandidateRecord {
+    let mut records: Vec<CandidateRecord> = contexts
+        .iter()
+        .map(|ctx| {
+            let cand =
+                Candidate { name: name.to_string(), num_classes, seed: candidate_seed(ctx.seed, name), init, device };
+            score_candidate(ctx, &cand, proxies)
+        })
+        .collect();
+    if records.len() <= 1 {
+        // One context: the plain record. None (no caller passes that): an empty error record.
+        return records.pop().unwrap_or_else(|| empty_record(name));
+    }
+    let n = records.len();
+    let mut merged = records[0].clone();
+    for (proxy, out) in merged.scores.iter_mut() {
+        let all: Vec<&ProxyOutcome> = records.iter().filter_map(|r| r.scores.get(proxy)).collect();
+        if let Some(bad) = all.iter().find(|o| o.status != "ok") {
+            *out = (*bad).clone();
+        } else {
+            let values: Vec<f64> = all.iter().filter_map(|o| o.score).collect();
+            let mean = values.iter().sum::<f64>() / n as f64;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            out.score = Some(mean);
+            out.std = Some(var.sqrt());
+            for (term, v) in out.terms.iter_mut() {
+                *v = all.iter().filter_map(|o| o.terms.get(term)).sum::<f64>() / n as f64;
+            }
+        }
+        out.time_s = all.iter().map(|o| o.time_s).sum();
+        out.repeats = Some(n);
+    }
+    let statuses: Vec<&str> = merged.scores.values().map(|o| o.status.as_str()).collect();
+    merged.status = if statuses.contains(&"error") {
+        "error"
+    } else if statuses.contains(&"nonfinite") {
+        "nonfinite"
+    } else {
+        "ok"
+    }
+    .into();
+    merged
+}
+
+fn empty_record(name: &str) -> CandidateRecord {
+    CandidateRecord {
+        arch: name.to_string(),
+        teacher: None,
+        seed: 0,
+        init: super::InitMode::Default,
+        batch: 0,
+        params_m: None,
+        flops_m: None,
+        status: "error".into(),
+        scores: BTreeMap::new(),
+    }
+}
+
 fn failed(p: &dyn Proxy, time_s: f64, error: String) -> ProxyOutcome {
     ProxyOutcome {
         score: None,
@@ -192,6 +270,8 @@ fn failed(p: &dyn Proxy, time_s: f64, error: String) -> ProxyOutcome {
         time_s,
         status: "error".into(),
         error: Some(error),
+        std: None,
+        repeats: None,
     }
 }
 
