@@ -17,6 +17,13 @@ pub enum Error {
     /// A data or weight file that is missing, truncated or malformed.
     #[error("{path}: {detail}")]
     Data { path: String, detail: String },
+    /// A run directory locked by another process (exit code [`EXIT_BUSY`]).
+    #[error("{dir}: {detail}")]
+    Busy { dir: String, detail: String },
+    /// The command ran to its end and wrote its results, but some candidates or proxies failed
+    /// (exit code [`EXIT_PARTIAL`]); `summary` is one line.
+    #[error("{summary}")]
+    PartlyFailed { summary: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -27,6 +34,15 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Exit codes (docs/RUNS.md): 0 success; 1 the command failed (bad input, bad setting, I/O);
+/// 2 the command line could not be parsed (clap's usage errors); 3 the run finished and wrote its
+/// results but some candidates or proxies errored; 4 the run directory is in use by another
+/// process.
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_PARTIAL: i32 = 3;
+pub const EXIT_BUSY: i32 = 4;
+
 impl Error {
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape { op, detail: detail.into() }
@@ -36,6 +52,14 @@ impl Error {
     }
     pub fn data(path: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Data { path: path.into(), detail: detail.into() }
+    }
+    /// The process exit code this error ends a command with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Busy { .. } => EXIT_BUSY,
+            Error::PartlyFailed { .. } => EXIT_PARTIAL,
+            _ => EXIT_FAILED,
+        }
     }
 }
 

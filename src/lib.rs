@@ -17,6 +17,7 @@ pub mod nn;
 pub mod optim;
 pub mod proxy;
 pub mod rng;
+pub mod run_lock;
 pub mod search;
 pub mod tensor;
 pub mod train;

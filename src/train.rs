@@ -103,6 +103,7 @@ pub fn train_epoch(
             let logits = model.forward(x)?;
             Ok((logits.cross_entropy(labels)?, logits))
         },
+        |_, _| {},
     )
 }
 
@@ -118,6 +119,7 @@ pub fn train_epoch_with(
     epoch: usize,
     mut lr_at: impl FnMut(usize) -> f64,
     mut step: impl FnMut(&Tensor, &[u32]) -> Result<(Tensor, Tensor)>,
+    mut on_step: impl FnMut(usize, usize),
 ) -> Result<EpochStats> {
     let mut tally = Tally::new();
     for (i, batch) in batches.into_iter().enumerate() {
@@ -134,8 +136,71 @@ pub fn train_epoch_with(
         opt.set_lr(lr_at(i) as f32)?;
         opt.step(params, &grads)?;
         tally.add(&logits, &labels, value)?;
+        on_step(i + 1, labels.len());
     }
     Ok(tally.finish())
+}
+
+/// Progress inside a training epoch: a bar with images/s and the epoch's ETA on a terminal, a
+/// plain line on stderr every [`StepProgress::LOG_EVERY`] otherwise (logs of long runs).
+pub struct StepProgress {
+    epoch: usize,
+    epochs: usize,
+    steps: usize,
+    images: usize,
+    start: Instant,
+    last_line: Instant,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl StepProgress {
+    pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+    pub fn new(epoch: usize, epochs: usize, steps: usize) -> StepProgress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(steps as u64);
+            let style = indicatif::ProgressStyle::with_template(&format!(
+                "epoch {epoch}/{epochs} {{bar:30.cyan/blue}} {{pos}}/{{len}} steps  {{msg}}  ETA {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        let now = Instant::now();
+        StepProgress { epoch, epochs, steps, images: 0, start: now, last_line: now, bar }
+    }
+
+    /// `done` steps of the epoch finished, the last of `batch` images.
+    pub fn step(&mut self, done: usize, batch: usize) {
+        self.images += batch;
+        let rate = self.images as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done as u64);
+                bar.set_message(format!("{rate:.0} img/s"));
+            }
+            None if self.last_line.elapsed() >= Self::LOG_EVERY => {
+                self.last_line = Instant::now();
+                let per_step = self.start.elapsed().as_secs_f64() / done.max(1) as f64;
+                let eta = per_step * (self.steps.saturating_sub(done)) as f64;
+                crate::errln!(
+                    "epoch {}/{}: step {done}/{} ({:.0}%), {rate:.0} img/s, epoch ETA {eta:.0} s",
+                    self.epoch,
+                    self.epochs,
+                    self.steps,
+                    100.0 * done as f64 / self.steps.max(1) as f64
+                );
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// Loss, top-1 and top-5 in eval mode (running BN statistics), without recording gradients.

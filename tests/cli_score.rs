@@ -20,6 +20,14 @@ fn ok(run: &Output) -> String {
     out.into_owned()
 }
 
+/// A run that wrote every record but had failed candidates: exit code 3 and a one-line summary.
+fn finished_with_errors(run: &Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert_eq!(run.status.code(), Some(3), "expected exit 3:\n{out}\n{err}");
+    assert!(err.contains("candidates had errors") && !err.contains("panicked"), "{err}");
+    out.into_owned()
+}
+
 fn error_of(run: &Output) -> String {
     assert_eq!(run.status.code(), Some(1), "expected a clean error exit");
     let err = String::from_utf8_lossy(&run.stderr).into_owned();
@@ -48,7 +56,7 @@ fn candidates_stream_into_results_with_errors_recorded_per_candidate() {
             .collect()
     };
     let a: Vec<String> = args(&out);
-    let stdout = ok(&kdscout(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let stdout = finished_with_errors(&kdscout(&a.iter().map(String::as_str).collect::<Vec<_>>()));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
         .unwrap()
         .lines()
@@ -72,7 +80,7 @@ fn candidates_stream_into_results_with_errors_recorded_per_candidate() {
 
     // Same seed, same scores (bit for bit), in a second run directory.
     let out2 = dir.join("run2");
-    ok(&kdscout(&args(&out2).iter().map(String::as_str).collect::<Vec<_>>()));
+    finished_with_errors(&kdscout(&args(&out2).iter().map(String::as_str).collect::<Vec<_>>()));
     let again = std::fs::read_to_string(out2.join("results.jsonl")).unwrap();
     let first: Vec<serde_json::Value> = again.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for (a, b) in lines.iter().zip(&first) {

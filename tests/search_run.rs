@@ -153,12 +153,13 @@ fn sigkilled_binary_resumes_to_the_same_result() {
     assert!(String::from_utf8_lossy(&st.stdout).contains("best: resnet_d"));
 
     let killed = tmp("kill-parts");
-    // Kill times spread over the run, offset by the clock so each test run hits other moments.
+    // Each process is SIGKILLed once the run has scored a given number of candidates (read from
+    // its state.json), so every kill lands mid-run; the thresholds are offset by the clock so each
+    // test run stops at other steps.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     let mut kills = 0;
-    for (i, frac) in [0.15f64, 0.45, 0.75].iter().enumerate() {
-        let jitter = ((nanos >> (8 * i)) % 1000) as f64 / 1000.0 * 0.2;
-        let wait = took.mul_f64(frac + jitter);
+    for (i, base) in [4u64, 14, 26].iter().enumerate() {
+        let at = base + (nanos >> (8 * i)) % 6;
         let mut a = args(&killed);
         if i > 0 {
             a.push("--resume".into());
@@ -169,18 +170,33 @@ fn sigkilled_binary_resumes_to_the_same_result() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(wait);
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
+        let t0 = Instant::now();
+        let evaluations = || {
+            std::fs::read_to_string(killed.join("state.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<SearchState>(&t).ok())
+                .map_or(0, |s| s.evaluations)
+        };
+        while evaluations() < at && child.try_wait().unwrap().is_none() && t0.elapsed() < took * 20 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed at {at} evaluations");
+        child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        kills += 1;
+        let st = state(&killed);
+        assert!(
+            st.finished.is_none() && st.evaluations < 40,
+            "killed at {} evaluations, finished {:?}",
+            st.evaluations,
+            st.finished
+        );
     }
+    assert_eq!(kills, 3);
     // Resume with the stored settings only.
     let out =
         Command::new(exe).args(["search", "--resume", "--no-progress-bar", "--out"]).arg(&killed).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eprintln!("killed {kills} times (run takes {took:?})");
     assert_same_run(&full, &killed);
 
     // A changed setting on --resume names the key.

@@ -43,6 +43,7 @@ fn distill_config(dir: &TempDir, loss: &str, epochs: usize) -> RunConfig {
         distill: Some(DistillConfig {
             teacher: "resnet14".into(),
             teacher_weights: path.display().to_string(),
+            teacher_weights_sha256: String::new(),
             loss: loss.into(),
             gamma: 1.0,
             alpha: 0.5,

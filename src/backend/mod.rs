@@ -94,7 +94,7 @@ impl Device {
         match Device::cuda(0) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("kdscout: no usable GPU ({e}); running on the CPU");
+                crate::errln!("kdscout: no usable GPU ({e}); running on the CPU");
                 Device::Cpu
             }
         }

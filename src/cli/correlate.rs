@@ -311,18 +311,18 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     let truth = read_truth(&args.truth, &args.key, &args.column)?;
     let scores = read_scores(&args.scores, args.duplicates)?;
     for u in &scores.used {
-        eprintln!("correlate: {u} (--duplicates {})", if args.duplicates == Duplicates::First { "first" } else { "last" });
+        crate::errln!("correlate: {u} (--duplicates {})", if args.duplicates == Duplicates::First { "first" } else { "last" });
     }
     let summary = match_summary(&scores, &truth, &args.truth)?;
     let rows = agreements(&scores, &truth, args.top)?;
     if args.json {
-        eprintln!("correlate: {summary}");
+        crate::errln!("correlate: {summary}");
         for r in &rows {
-            println!("{}", serde_json::to_string(r).map_err(|e| Error::invalid("json", e.to_string()))?);
+            crate::outln!("{}", serde_json::to_string(r).map_err(|e| Error::invalid("json", e.to_string()))?);
         }
     } else {
-        println!("{summary}");
-        println!(
+        crate::outln!("{summary}");
+        crate::outln!(
             "{:<14} {:>6} {:>9} {:>9} {:>9} {:>9}",
             "proxy",
             "n",
@@ -333,7 +333,7 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         );
         for r in &rows {
             let note = r.note.as_ref().map_or(String::new(), |n| format!("  {n}"));
-            println!(
+            crate::outln!(
                 "{:<14} {:>6} {:>9} {:>9} {:>9} {:>9}{note}",
                 r.proxy,
                 r.n,

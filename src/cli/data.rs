@@ -25,8 +25,8 @@ fn summary(d: &Dataset) -> String {
 pub fn run(args: &DataArgs) -> Result<()> {
     let train = args.data.load(Split::Train)?;
     let test = args.data.load(Split::Test)?;
-    println!("data {}: {} / {}", args.data, train.name, test.name);
-    println!("train {}", summary(&train));
-    println!("test  {}", summary(&test));
+    crate::outln!("data {}: {} / {}", args.data, train.name, test.name);
+    crate::outln!("train {}", summary(&train));
+    crate::outln!("test  {}", summary(&test));
     Ok(())
 }

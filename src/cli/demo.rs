@@ -29,8 +29,8 @@ pub struct DemoArgs {
     /// Width of the first conv stage (the net is w, 2w, 4w channels).
     #[arg(long, default_value_t = 32)]
     pub width: usize,
-    /// Drives initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
+    /// The one seed of the run: initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 0, value_parser = super::parse_seed, allow_negative_numbers = true)]
     pub seed: u64,
     /// A CIFAR-10 binary folder (`cifar-10-batches-bin`) to use instead of the shipped subset.
     #[arg(long)]
@@ -74,7 +74,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut rng = Rng::seed(args.seed);
     let mut model = small_cnn(args.width, train.num_classes, &mut rng, device)?;
 
-    std::fs::create_dir_all(&args.out).map_err(io_err(format!("creating run directory {}", args.out.display())))?;
+    let _lock = crate::run_lock::RunLock::acquire(&args.out)?;
     let resolved = ResolvedConfig {
         kdscout_version: env!("CARGO_PKG_VERSION"),
         command: "demo",
@@ -96,7 +96,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .open(&metrics_path)
         .map_err(io_err(format!("opening {}", metrics_path.display())))?;
 
-    println!(
+    crate::outln!(
         "kdscout demo: small_cnn (width {}, {} parameters) on {} train / {} test images, {} epochs, seed {}",
         args.width,
         crate::nn::Module::num_parameters(&model),
@@ -106,7 +106,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         args.seed
     );
     let records = fit(&mut model, &train, &test, &cfg, &mut rng, |r| {
-        println!(
+        crate::outln!(
             "epoch {:>3}  lr {:.4}  train loss {:.4} acc {:5.1}%  test loss {:.4} acc {:5.1}%  {:.0} img/s",
             r.epoch + 1,
             r.lr,
@@ -123,6 +123,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     })?;
     let last = records.last().map(|r| r.test.top1).unwrap_or(0.0);
     let best = records.iter().map(|r| r.test.top1).fold(0.0, f64::max);
-    println!("test accuracy: last {last:.1}%, best {best:.1}% (chance 10%); metrics in {}", metrics_path.display());
+    crate::outln!(
+        "test accuracy: last {last:.1}%, best {best:.1}% (chance 10%); metrics in {}",
+        metrics_path.display()
+    );
     Ok(())
 }

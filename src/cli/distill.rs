@@ -23,7 +23,7 @@ pub struct DistillArgs {
     /// A searched student: a JSON file with a "genome" (or "arch") string, e.g. runs/X/best/arch.json.
     #[arg(long)]
     pub arch: Option<PathBuf>,
-    /// Distillation loss (default kd); --list-losses shows them with their weights.
+    /// Distillation loss; --list-losses shows them with their weights [default: kd].
     #[arg(long)]
     pub loss: Option<String>,
     /// List the losses and exit.
@@ -51,11 +51,21 @@ pub fn read_arch(path: &Path) -> Result<String> {
     ))
 }
 
+/// A `torch.save` file: a zip (torch >= 1.6) or a legacy pickle (starts with the pickle protocol
+/// opcode 0x80), or simply named .pth/.pt.
+fn is_pytorch_checkpoint(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    let named = path.extension().is_some_and(|e| e == "pth" || e == "pt");
+    named || (read == 4 && (&head == b"PK\x03\x04" || head[0] == 0x80))
+}
+
 pub fn run(args: &DistillArgs) -> Result<()> {
     if args.list_losses {
         for l in crate::distill::LOSSES {
             let w = l.weights;
-            println!("{:<8} gamma {:<5} alpha {:<5} beta {:<7} {}", l.name, w.gamma, w.alpha, w.beta, l.source);
+            crate::outln!("{:<8} gamma {:<5} alpha {:<5} beta {:<7} {}", l.name, w.gamma, w.alpha, w.beta, l.source);
         }
         return Ok(());
     }
@@ -64,6 +74,17 @@ pub fn run(args: &DistillArgs) -> Result<()> {
             invalid_err!(
                 "--teacher-weights",
                 "{} does not exist: give the teacher's trained weights file",
+                w.display()
+            );
+        }
+        if is_pytorch_checkpoint(w) {
+            let model = args.teacher.as_deref().unwrap_or("TEACHER");
+            invalid_err!(
+                "--teacher-weights",
+                "{} is a PyTorch checkpoint (torch.save); convert it once with `kdscout import-weights {} \
+                 teacher.safetensors --model {model}` (which checks every name and shape) and pass \
+                 --teacher-weights teacher.safetensors",
+                w.display(),
                 w.display()
             );
         }

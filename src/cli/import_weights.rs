@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::distill::checkpoint;
 use crate::error::{Error, Result};
 use crate::models::{self, Network};
 use crate::rng::Rng;
@@ -40,6 +41,23 @@ pub fn run(args: &ImportWeightsArgs) -> Result<()> {
     let input = args.input.display().to_string();
     let imported = pth::read_state_dict(&args.input)?;
     let mut state = imported.tensors;
+    // A kdscout training checkpoint (train/distill `checkpoints/*.safetensors`) holds the student
+    // under `student.` beside the distiller and optimiser state: import its student.
+    let train_state = weights::load(&args.input)
+        .ok()
+        .filter(|c| c.metadata.get(checkpoint::META_KIND).map(String::as_str) == Some(checkpoint::TRAIN_STATE));
+    if let Some(ckpt) = &train_state {
+        state = ckpt
+            .tensors
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix("student.").map(|n| (n.to_string(), t.clone())))
+            .collect();
+        crate::outln!(
+            "{input} is a kdscout training checkpoint (model {}): importing its student (student.*), leaving \
+             the distiller and optimiser state; it can also be passed to --teacher-weights as it is",
+            ckpt.model().unwrap_or("unknown")
+        );
+    }
     let stripped = if imported.stripped > 0 {
         format!(" (\"module.\" prefix stripped from {} names)", imported.stripped)
     } else {
@@ -47,7 +65,7 @@ pub fn run(args: &ImportWeightsArgs) -> Result<()> {
     };
     let ignored =
         if imported.ignored.is_empty() { String::new() } else { format!("; ignored: {}", imported.ignored.join(", ")) };
-    println!("read {input}: {} tensors {}{stripped}{ignored}", state.len(), imported.location);
+    crate::outln!("read {input}: {} tensors {}{stripped}{ignored}", state.len(), imported.location);
 
     // The class count: given, or the rows of the checkpoint's classifier weight.
     let mut net = build(&args.model, args.classes.unwrap_or(100))?;
@@ -91,7 +109,7 @@ pub fn run(args: &ImportWeightsArgs) -> Result<()> {
         Error::data(&input, detail)
     })?;
     let params = net.num_parameters();
-    println!(
+    crate::outln!(
         "checked against {} ({classes} classes, {classes_note}): all {} names and shapes match{}",
         args.model,
         own.len(),
@@ -106,6 +124,6 @@ pub fn run(args: &ImportWeightsArgs) -> Result<()> {
         meta.insert("source".into(), name.to_string_lossy().into_owned());
     }
     weights::save(&args.output, &net.state_dict(), &meta)?;
-    println!("wrote {} ({params} parameters, {} tensors)", args.output.display(), own.len());
+    crate::outln!("wrote {} ({params} parameters, {} tensors)", args.output.display(), own.len());
     Ok(())
 }

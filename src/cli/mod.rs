@@ -6,6 +6,7 @@ pub mod demo;
 pub mod distill;
 pub mod import_weights;
 pub mod models;
+pub mod output;
 pub mod score;
 pub mod search;
 pub mod train;
@@ -46,6 +47,15 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Distil a student from a trained teacher with a KD loss (kd, fitnet, at, ..., --list-losses).
     Distill(distill::DistillArgs),
+}
+
+/// `--seed`'s parser: a whole number in 0..=2^64-1, with a message that says so for a negative
+/// or fractional value (clap would otherwise take `-1` for an unknown flag).
+pub fn parse_seed(text: &str) -> std::result::Result<u64, String> {
+    text.trim().parse::<u64>().map_err(|_| {
+        let why = if text.trim().starts_with('-') { "seeds cannot be negative" } else { "not a whole number" };
+        format!("'{text}': {why}; give a seed in 0..={} (e.g. --seed 0)", u64::MAX)
+    })
 }
 
 pub fn run(cli: Cli) -> crate::Result<()> {

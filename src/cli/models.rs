@@ -66,15 +66,19 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
     if args.json {
         for (name, c) in &rows {
             let line = serde_json::json!({"name": name, "classes": classes, "params": c.params, "macs": c.macs});
-            println!("{line}");
+            crate::outln!("{line}");
         }
         return Ok(());
     }
     let w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
-    println!("{} model(s) for 32x32 inputs, {} classes (MACs = the \"FLOPs\" of the KD papers)", rows.len(), classes);
-    println!("{:<w$}  {:>12}  {:>7}  {:>14}  {:>8}", "model", "params", "", "MACs", "");
+    crate::outln!(
+        "{} model(s) for 32x32 inputs, {} classes (MACs = the \"FLOPs\" of the KD papers)",
+        rows.len(),
+        classes
+    );
+    crate::outln!("{:<w$}  {:>12}  {:>7}  {:>14}  {:>8}", "model", "params", "", "MACs", "");
     for (name, c) in &rows {
-        println!(
+        crate::outln!(
             "{name:<w$}  {:>12}  {:>7}  {:>14}  {:>8}",
             with_commas(c.params as u64),
             millions(c.params as u64),
@@ -87,9 +91,9 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
     }
     let lo = models::cost("resnet_d111", args.classes)?;
     let hi = models::cost("resnet_d777", args.classes)?;
-    println!();
-    println!("families, built by name:");
-    println!(
+    crate::outln!();
+    crate::outln!("families, built by name:");
+    crate::outln!(
         "  resnet_dXYZ  DisWOT depth space: ResNet-20 (widths 16/16/32/64) with X, Y, Z blocks per stage, each in \
          {{1,3,5,7}}; 64 nets from resnet_d111 ({} params, {} MACs) to resnet_d777 ({} params, {} MACs)",
         millions(lo.params as u64),
@@ -97,11 +101,11 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
         millions(hi.params as u64),
         millions(hi.macs)
     );
-    println!(
+    crate::outln!(
         "  NAS-Bench-201  cells written |op~0|+|op~0|op~1|+|op~0|op~1|op~2| with ops none, skip_connect, \
          nor_conv_1x1, nor_conv_3x3, avg_pool_3x3 (C=16, N=5; 15,625 cells)"
     );
-    println!(
+    crate::outln!(
         "  ViT  a small ViT for 32x32 inputs (patch 4, class token) with depth, embed dim, heads and MLP ratio \
          per layer (the AutoFormer-style space)"
     );

@@ -3,17 +3,19 @@
 //! streamed (one network alive at a time) and each record is appended to `results.jsonl` and
 //! flushed as soon as it exists.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
 use crate::error::io_err;
 use crate::error::{Error, Result};
-use crate::proxy::run::{candidate_seed, score_candidate, CandidateRecord};
-use crate::proxy::{self, Candidate, InitMode, Proxy, ScoringContext, TeacherView};
+use crate::proxy::run::{candidate_seed, format_score, score_repeated, teacher_view, CandidateRecord, TeacherSource};
+use crate::proxy::{self, Candidate, InitMode, Proxy, ScoringContext};
+use crate::run_lock::RunLock;
 use crate::{invalid_err, Device};
 
 #[derive(Args, Debug, Clone)]
@@ -22,12 +24,27 @@ pub struct ScoreArgs {
     /// other teacher-aware proxies.
     #[arg(long)]
     pub teacher: Option<String>,
+    /// The teacher's trained weights: a kdscout model file (`import-weights`) or a `train`
+    /// checkpoint (default: a randomly initialised teacher from --seed).
+    #[arg(long, requires = "teacher")]
+    pub teacher_weights: Option<PathBuf>,
     /// One student to score.
     #[arg(long, conflicts_with = "candidates")]
     pub student: Option<String>,
     /// A file of candidates, one model name or NB201 string a line (# comments allowed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "space")]
     pub candidates: Option<PathBuf>,
+    /// Score a seeded random sample of a search space (nb201, resnet_d, resnet, vit): with
+    /// --sample N, N distinct members drawn with --seed.
+    #[arg(long, requires = "sample", conflicts_with = "student")]
+    pub space: Option<String>,
+    /// How many distinct members of --space to score.
+    #[arg(long, requires = "space")]
+    pub sample: Option<usize>,
+    /// Average every proxy over N repeats, repeat r using seed --seed + r for the batch and every
+    /// network's weights; records hold the mean as the score and its sample std [default: 1].
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
     /// Comma-separated proxies, or `all` (default: diswot with a teacher, else every proxy that
     /// needs none). `--list` shows them.
     #[arg(long)]
@@ -37,8 +54,9 @@ pub struct ScoreArgs {
     pub data: String,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Drives the batch, every network's initial weights and any proxy randomness.
-    #[arg(long, default_value_t = 0)]
+    /// The one seed of the run: the scoring batch, every network's initial weights (keyed by the
+    /// network, so resnet8 and resnet_d111 get the same) and any proxy randomness.
+    #[arg(long, default_value_t = 0, value_parser = super::parse_seed, allow_negative_numbers = true)]
     pub seed: u64,
     /// default (each repository's init) | gaussian (N(0,1) conv/linear weights)
     #[arg(long, default_value = "default")]
@@ -62,20 +80,35 @@ pub struct ScoreArgs {
     pub list: bool,
 }
 
-#[derive(Serialize)]
-struct ResolvedConfig<'a> {
-    kdscout_version: &'static str,
-    command: &'static str,
+/// `config.resolved.toml` of a scoring run: every setting that changes a score. A later `score
+/// --out` into the same directory must match it (`kdscout_version` aside).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ResolvedConfig {
+    kdscout_version: String,
+    command: String,
     seed: u64,
-    teacher: Option<&'a str>,
-    proxies: Vec<&'static str>,
+    teacher: Option<String>,
+    #[serde(default)]
+    teacher_weights: Option<String>,
+    #[serde(default)]
+    teacher_weights_sha256: Option<String>,
+    proxies: Vec<String>,
     data: String,
     batch: usize,
     init: InitMode,
     classes: usize,
-    candidates: usize,
-    device: &'static str,
+    /// `--repeats` (1 for runs written before it existed).
+    #[serde(default = "one")]
+    repeats: usize,
+    device: String,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// Keys that may differ between two scoring sessions of one run directory.
+const NOT_COMPARED: &[&str] = &["kdscout_version", "teacher_weights"];
 
 fn select_proxies(spec: Option<&str>, has_teacher: bool) -> Result<Vec<Box<dyn Proxy>>> {
     let all = proxy::registry();
@@ -113,43 +146,91 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     if args.list {
         for p in proxy::registry() {
             let i = p.info();
-            println!("{:<12} {:<8} {}", i.name, if i.needs_teacher { "teacher" } else { "" }, i.reads);
+            crate::outln!("{:<12} {:<8} {}", i.name, if i.needs_teacher { "teacher" } else { "" }, i.reads);
         }
         return Ok(());
     }
-    let names = match (&args.student, &args.candidates) {
-        (Some(s), None) => vec![s.clone()],
-        (None, Some(f)) => read_candidates(f)?,
-        _ => invalid_err!("score", "give --student NAME or --candidates FILE"),
+    let mut names = match (&args.student, &args.candidates, &args.space, args.sample) {
+        (Some(s), None, None, _) => vec![s.clone()],
+        (None, Some(f), None, _) => read_candidates(f)?,
+        (None, None, Some(space), Some(n)) => sample_space(space, n, args.seed)?,
+        _ => invalid_err!("score", "give --student NAME, --candidates FILE, or --space SPACE --sample N"),
     };
+    if args.repeats == 0 {
+        invalid_err!("--repeats", "0 repeats score nothing: give 1 (the default) or more");
+    }
     let proxies = select_proxies(args.proxies.as_deref(), args.teacher.is_some())?;
     let source: DataSource = args.data.parse()?;
     let init: InitMode = args.init.parse()?;
     let classes = args.classes.unwrap_or(source.num_classes());
-    let (images, labels, _) = proxy::scoring_batch(&source, args.batch, args.seed)?;
-    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
-        invalid_err!("--classes", "label {bad} of {source} does not fit {classes} classes: raise --classes");
-    }
-    let dev = Device::Cpu;
-    let teacher = match &args.teacher {
-        Some(name) => {
-            let t = Candidate {
-                name: name.clone(),
-                num_classes: classes,
-                seed: candidate_seed(args.seed, name),
-                init,
-                device: dev,
-            };
-            let net = t.build()?;
-            if let Some(dir) = &args.dump {
-                dump_weights(dir, "teacher", net.as_ref(), name, classes)?;
-            }
-            Some(TeacherView::compute(net.as_ref(), name, &images, &labels)?)
+    let teacher_sha = match &args.teacher_weights {
+        Some(w) => {
+            Some(crate::weights::sha256_file(w).map_err(|e| Error::invalid("--teacher-weights", e.to_string()))?)
         }
         None => None,
     };
-    let ctx = ScoringContext { images, labels, teacher, seed: args.seed };
+    let cfg = ResolvedConfig {
+        kdscout_version: env!("CARGO_PKG_VERSION").into(),
+        command: "score".into(),
+        seed: args.seed,
+        teacher: args.teacher.clone(),
+        teacher_weights: args.teacher_weights.as_ref().map(|w| w.display().to_string()),
+        teacher_weights_sha256: teacher_sha,
+        proxies: proxies.iter().map(|p| p.info().name.to_string()).collect(),
+        data: source.to_string(),
+        batch: args.batch,
+        init,
+        classes,
+        repeats: args.repeats,
+        device: "cpu".into(),
+    };
+
+    // The run directory: locked for the whole session; an existing run is continued only with
+    // the same settings (its candidates already scored are skipped), never mixed with others.
+    let many = args.candidates.is_some() || args.space.is_some();
+    let out = args.out.clone().or_else(|| many.then(|| PathBuf::from("runs/score")));
+    let mut results = None;
+    let mut _lock = None;
+    if let Some(dir) = &out {
+        _lock = Some(RunLock::acquire(dir)?);
+        let (done, file) = open_run(dir, &cfg)?;
+        let before = names.len();
+        names.retain(|n| !done.contains(n));
+        if names.len() < before {
+            crate::errln!(
+                "score: {} of {before} candidates already scored in {} with these settings; scoring the other {}",
+                before - names.len(),
+                dir.display(),
+                names.len()
+            );
+        }
+        results = Some(file);
+    }
+
+    // One scoring context (batch, teacher view) per repeat; repeat r uses seed --seed + r.
+    let dev = Device::Cpu;
+    let mut contexts = Vec::with_capacity(args.repeats);
+    for r in 0..args.repeats {
+        let seed = repeat_seed(args.seed, r)?;
+        let (images, labels, _) = proxy::scoring_batch(&source, args.batch, seed)?;
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            invalid_err!("--classes", "label {bad} of {source} does not fit {classes} classes: raise --classes");
+        }
+        let dump = if r == 0 { args.dump.as_deref() } else { None };
+        let teacher = match &args.teacher {
+            Some(name) => {
+                let src = TeacherSource { name, weights: args.teacher_weights.as_deref() };
+                Some(teacher_view(&src, classes, seed, init, &images, &labels, |net| match dump {
+                    Some(dir) => dump_weights(dir, "teacher", net, name, classes),
+                    None => Ok(()),
+                })?)
+            }
+            None => None,
+        };
+        contexts.push(ScoringContext { images, labels, teacher, seed });
+    }
     if let Some(dir) = &args.dump {
+        let ctx = &contexts[0];
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let labels_t =
             crate::Tensor::from_vec(ctx.labels.iter().map(|&l| l as f32).collect(), [ctx.labels.len()], dev)?;
@@ -160,53 +241,43 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         )?;
     }
 
-    let out = args.out.clone().or_else(|| args.candidates.as_ref().map(|_| PathBuf::from("runs/score")));
-    let mut results = match &out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(io_err(format!("creating run directory {}", dir.display())))?;
-            let cfg = ResolvedConfig {
-                kdscout_version: env!("CARGO_PKG_VERSION"),
-                command: "score",
-                seed: args.seed,
-                teacher: args.teacher.as_deref(),
-                proxies: proxies.iter().map(|p| p.info().name).collect(),
-                data: source.to_string(),
-                batch: args.batch,
-                init,
-                classes,
-                candidates: names.len(),
-                device: "cpu",
-            };
-            let toml = toml::to_string(&cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
-            std::fs::write(dir.join("config.resolved.toml"), toml)
-                .map_err(io_err(format!("writing {}", dir.display())))?;
-            let path = dir.join("results.jsonl");
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_err(format!("opening {}", path.display())))?;
-            Some((f, path))
+    let header = format!(
+        "# data {source}, batch {}, seed {}{}, init {}, {} classes, teacher {}",
+        args.batch,
+        args.seed,
+        if args.repeats > 1 {
+            format!(" (+0..{} over {} repeats)", args.repeats - 1, args.repeats)
+        } else {
+            String::new()
+        },
+        args.init,
+        classes,
+        match (&args.teacher, &args.teacher_weights) {
+            (Some(t), Some(w)) => format!("{t} ({})", w.display()),
+            (Some(t), None) => format!("{t} (random init)"),
+            (None, _) => "none".into(),
         }
-        None => None,
-    };
-
-    if !args.json {
-        let header: Vec<String> = proxies.iter().map(|p| format!("{:>14}", p.info().name)).collect();
-        println!("{:<40} {:>9} {:>10} {}", "candidate", "params(M)", "MACs(M)", header.join(" "));
+    );
+    if args.json {
+        crate::errln!("{header}");
+    } else {
+        crate::outln!("{header}");
+        let cells: Vec<String> = proxies.iter().map(|p| format!("{:>14}", p.info().name)).collect();
+        crate::outln!("{:>9} {:>10} {}  candidate", "params(M)", "MACs(M)", cells.join(" "));
     }
+    let mut failed: Vec<String> = Vec::new();
     for name in &names {
-        let cand = Candidate {
-            name: name.clone(),
-            num_classes: classes,
-            seed: candidate_seed(args.seed, name),
-            init,
-            device: dev,
-        };
         if let Some(dir) = &args.dump {
+            let cand = Candidate {
+                name: name.clone(),
+                num_classes: classes,
+                seed: candidate_seed(args.seed, name),
+                init,
+                device: dev,
+            };
             dump_weights(dir, &format!("student_{}", sanitize(name)), cand.build()?.as_ref(), name, classes)?;
         }
-        let record = score_candidate(&ctx, &cand, &proxies);
+        let record = score_repeated(&contexts, name, classes, init, dev, &proxies);
         let line = serde_json::to_string(&record).map_err(|e| Error::invalid("results", e.to_string()))?;
         if let Some((f, path)) = &mut results {
             writeln!(f, "{line}")
@@ -218,15 +289,128 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
             std::fs::write(&p, &line).map_err(io_err(format!("writing {}", p.display())))?;
         }
         if args.json {
-            println!("{line}");
+            crate::outln!("{line}");
         } else {
             print_row(&record, &proxies);
         }
+        if let Some((proxy, o)) = record.scores.iter().find(|(_, o)| o.status == "error") {
+            failed.push(format!("{name}: {proxy}: {}", o.error.as_deref().unwrap_or("error")));
+        }
     }
     if let Some((_, path)) = &results {
-        eprintln!("results: {}", path.display());
+        crate::errln!("results: {}", path.display());
     }
-    Ok(())
+    partly_failed(&failed, names.len(), "candidates")
+}
+
+/// The seed of repeat `r`: `--seed` + r.
+fn repeat_seed(seed: u64, r: usize) -> Result<u64> {
+    seed.checked_add(r as u64)
+        .ok_or_else(|| Error::invalid("--repeats", format!("--seed {seed} + {r} repeats passes 2^64: lower --seed")))
+}
+
+/// `--space S --sample N`: N distinct members of the space, drawn with the seed (uniformly
+/// without replacement when the space can be enumerated, else by rejection of repeats).
+fn sample_space(space: &str, n: usize, seed: u64) -> Result<Vec<String>> {
+    let sp = crate::search::space::space_by_id(space)?;
+    let mut rng = crate::rng::Rng::seed(seed ^ 0x5341_4d50_4c45); // "SAMPLE": apart from the batch's stream
+    if n == 0 {
+        invalid_err!("--sample", "0 members: give how many members of {space} to score");
+    }
+    match sp.size() {
+        Some(size) if (n as u64) > size => {
+            invalid_err!("--sample", "{n} members asked of {space}, which has {size}: lower --sample")
+        }
+        Some(size) => {
+            // Floyd's sampling: n distinct indices of 0..size in n draws.
+            let (mut chosen, mut order) = (HashSet::new(), Vec::with_capacity(n));
+            for j in size - n as u64..size {
+                let t = rng.below(j as usize + 1) as u64;
+                let pick = if chosen.contains(&t) { j } else { t };
+                chosen.insert(pick);
+                order.push(pick);
+            }
+            order.into_iter().map(|i| sp.nth(i).map(|g| sp.name(&g))).collect()
+        }
+        None => {
+            let (mut seen, mut names) = (HashSet::new(), Vec::with_capacity(n));
+            while names.len() < n {
+                let name = sp.name(&sp.sample(&mut rng));
+                if seen.insert(name.clone()) {
+                    names.push(name);
+                }
+            }
+            Ok(names)
+        }
+    }
+}
+
+/// The error that ends a run whose results were all written but some of which failed (exit code
+/// 3), or Ok when none did.
+pub fn partly_failed(failed: &[String], total: usize, what: &str) -> Result<()> {
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => {
+            // One line: the first error cut short (every record holds its whole error).
+            let first: String = if first.chars().count() > 200 {
+                first.chars().take(200).chain("…".chars()).collect()
+            } else {
+                first.clone()
+            };
+            Err(Error::PartlyFailed {
+                summary: format!(
+                    "{} of {total} {what} had errors (recorded with status \"error\"); first: {first}",
+                    failed.len()
+                ),
+            })
+        }
+    }
+}
+
+/// Opens (or starts) the scoring run in `dir`: checks or writes its `config.resolved.toml` and
+/// returns the candidates its `results.jsonl` already holds, and that file opened for appending.
+fn open_run(dir: &Path, cfg: &ResolvedConfig) -> Result<(HashSet<String>, (std::fs::File, PathBuf))> {
+    let config_path = dir.join("config.resolved.toml");
+    let results_path = dir.join("results.jsonl");
+    let mut done = HashSet::new();
+    if config_path.is_file() {
+        let stored: ResolvedConfig = crate::config::parse_file(&config_path).map_err(|e| {
+            Error::invalid(
+                "--out",
+                format!("{e}; {} is not a `kdscout score` run: choose another --out", dir.display()),
+            )
+        })?;
+        let diff = crate::config::differences(&stored, cfg, NOT_COMPARED)?;
+        if !diff.is_empty() {
+            invalid_err!(
+                "--out",
+                "{} holds scores made with other settings ({}); their results.jsonl is not appended to: \
+                 choose another --out, or score with the run's own settings",
+                dir.display(),
+                diff.join("; ")
+            );
+        }
+        if results_path.is_file() {
+            done = crate::search::run::read_results_as::<CandidateRecord>(&results_path)?
+                .into_iter()
+                .map(|r| r.arch)
+                .collect();
+        }
+    } else if results_path.is_file() {
+        invalid_err!(
+            "--out",
+            "{} holds a results.jsonl but no config.resolved.toml: its settings are unknown; choose another --out",
+            dir.display()
+        );
+    }
+    let text = toml::to_string(cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
+    crate::search::run::write_atomic(&config_path, &text)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&results_path)
+        .map_err(io_err(format!("opening {}", results_path.display())))?;
+    Ok((done, (f, results_path)))
 }
 
 fn sanitize(name: &str) -> String {
@@ -245,18 +429,18 @@ fn print_row(r: &CandidateRecord, proxies: &[Box<dyn Proxy>]) {
         .map(|p| {
             let o = r.scores.get(p.info().name);
             let text = match o {
-                Some(o) if o.status == "ok" => fmt_opt(o.score, 6),
+                Some(o) if o.status == "ok" => o.score.map_or("-".into(), format_score),
                 Some(o) => o.status.clone(),
                 None => "-".into(),
             };
             format!("{text:>14}")
         })
         .collect();
-    let arch = if r.arch.len() > 40 { format!("{}…", &r.arch[..39]) } else { r.arch.clone() };
-    println!("{arch:<40} {:>9} {:>10} {}", fmt_opt(r.params_m, 3), fmt_opt(r.flops_m, 2), cells.join(" "));
+    // The name comes last and whole: NB201 strings differ only in their tails.
+    crate::outln!("{:>9} {:>10} {}  {}", fmt_opt(r.params_m, 3), fmt_opt(r.flops_m, 2), cells.join(" "), r.arch);
     for (name, o) in &r.scores {
         if let Some(e) = &o.error {
-            eprintln!("  {name}: {e}");
+            crate::errln!("  {name}: {e}");
         }
     }
 }

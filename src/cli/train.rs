@@ -13,23 +13,23 @@ use crate::{invalid_err, Error, Result};
 /// Options of every training run (flattened into `train` and `distill`).
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// builtin | cifar10:DIR | cifar100:DIR | synthetic[:CLASSES] (default: builtin)
+    /// builtin | cifar10:DIR | cifar100:DIR | synthetic[:CLASSES] [default: builtin]
     #[arg(long)]
     pub data: Option<String>,
-    /// Epochs (default 240).
+    /// Epochs [default: 240].
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Batch size (default 64).
+    /// Batch size [default: 64].
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Initial learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2).
+    /// Initial learning rate [default: 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// step (×0.1 after epochs 150/180/210) | cosine
+    /// step (×0.1 after epochs 150/180/210) | cosine [default: step].
     #[arg(long)]
     pub schedule: Option<String>,
-    /// Drives initialisation, shuffling and augmentation (default 0).
-    #[arg(long, conflicts_with = "seeds")]
+    /// The one seed of the run: initialisation, shuffling and augmentation [default: 0].
+    #[arg(long, conflicts_with = "seeds", value_parser = super::parse_seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Several seeds, e.g. 0,1,2: one run directory each (OUT/seedN) and mean ± std in
     /// OUT/summary.json.
@@ -128,7 +128,7 @@ pub fn execute(distill: bool, args: &RunArgs, set_flags: impl Fn(&mut Resolver) 
     let seeds = seeds.unwrap_or_else(|| vec![cfg.seed]);
     let out = args.out.clone().unwrap_or_else(|| cfg.default_out());
     if args.dry_run {
-        print!("{}", config::to_toml(&cfg)?);
+        crate::out!("{}", config::to_toml(&cfg)?);
         return Ok(());
     }
     let dirs = seed_dirs(&out, &seeds);

@@ -168,3 +168,22 @@ pub fn load_weights(net: &dyn Network, path: &Path) -> Result<()> {
         Error::data(path.display().to_string(), format!("does not fit this model{saved}: {e}"))
     })
 }
+
+/// Loads a teacher's trained weights ([`load_weights`]) and refuses non-finite values: a damaged
+/// or diverged teacher would train students on NaN targets, and count NaN logits as hits.
+pub fn load_teacher_weights(net: &dyn Network, path: &Path) -> Result<()> {
+    load_weights(net, path).map_err(|e| Error::invalid("--teacher-weights", e.to_string()))?;
+    for (name, t) in net.state_dict() {
+        let bad = t.to_vec()?.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::data(
+                path.display().to_string(),
+                format!(
+                    "teacher tensor {name} holds {bad} non-finite values (NaN or inf): the weights are damaged or \
+                     come from a diverged run; give a good checkpoint with --teacher-weights"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{load_state, load_weights, RunDir};
+use super::checkpoint::{load_state, load_teacher_weights, RunDir};
 use super::trainer::{Recipe, Trainer};
 use crate::config::{self, ConfigBuilder};
 use crate::data::{DataSource, Split};
 use crate::rng::Rng;
+use crate::run_lock::RunLock;
 use crate::{invalid_err, models, Device, Error, Result, Tensor};
 
 /// The teacher and loss of a distillation run (the `[distill]` table).
@@ -23,6 +24,11 @@ pub struct DistillConfig {
     pub teacher: String,
     /// Its trained weights: a safetensors model file or a training run's checkpoint.
     pub teacher_weights: String,
+    /// SHA-256 of the `teacher_weights` file, filled in when the config is resolved: the teacher
+    /// is identified by content, so a resumed run accepts the same file under another path and
+    /// refuses a different file under the same path.
+    #[serde(default)]
+    pub teacher_weights_sha256: String,
     /// A loss of `kdscout distill --list-losses` (the registry of `distill::LOSSES`).
     pub loss: String,
     /// `γ·CE + α·KD_T + β·other`; defaults are the loss's (RepDistiller's) weights.
@@ -61,6 +67,7 @@ impl RunConfig {
             distill: distill.then(|| DistillConfig {
                 teacher: String::new(),
                 teacher_weights: String::new(),
+                teacher_weights_sha256: String::new(),
                 loss: "kd".into(),
                 gamma: 0.0,
                 alpha: 0.0,
@@ -136,7 +143,14 @@ impl Resolver {
                 }
             }
         }
-        let cfg = self.builder.build()?;
+        let mut cfg: RunConfig = self.builder.build()?;
+        if let Some(d) = &mut cfg.distill {
+            // A missing file is reported when the teacher is loaded, naming it.
+            if Path::new(&d.teacher_weights).is_file() {
+                d.teacher_weights_sha256 = crate::weights::sha256_file(Path::new(&d.teacher_weights))
+                    .map_err(|e| Error::invalid("--teacher-weights", e.to_string()))?;
+            }
+        }
         cfg.check()?;
         Ok(cfg)
     }
@@ -246,8 +260,7 @@ pub fn build_trainer(cfg: &RunConfig, classes: usize) -> Result<Trainer> {
         None => Trainer::new(cfg.train.clone(), student, rng),
         Some(d) => {
             let teacher = models::build(&d.teacher, classes, &mut Rng::seed(0), dev)?;
-            load_weights(teacher.as_ref(), Path::new(&d.teacher_weights))
-                .map_err(|e| Error::invalid("--teacher-weights", e.to_string()))?;
+            load_teacher_weights(teacher.as_ref(), Path::new(&d.teacher_weights))?;
             let probe = Tensor::zeros([2, 3, 32, 32], dev)?;
             let mut tr = Trainer::distill(cfg.train.clone(), student, teacher, &d.loss, &probe, rng)?;
             if let Some(dist) = &mut tr.distiller {
@@ -265,12 +278,42 @@ pub fn build_trainer(cfg: &RunConfig, classes: usize) -> Result<Trainer> {
 /// the curve), or continues it from `checkpoints/latest.safetensors` with `resume`.
 pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutcome> {
     let source: DataSource = cfg.data.parse()?;
+    if opts.resume && !dir.is_dir() {
+        invalid_err!(
+            "--resume",
+            "{} does not exist, so there is nothing to resume: drop --resume to start a run",
+            dir.display()
+        );
+    }
+    // Held for the whole run: a second process on this directory stops at once.
+    let _lock = RunLock::acquire(dir)?;
+    if opts.resume && !dir.join("config.resolved.toml").is_file() {
+        invalid_err!(
+            "--resume",
+            "{} holds no training run (no config.resolved.toml), so there is nothing to resume: drop --resume to start a run",
+            dir.display()
+        );
+    }
     let run = RunDir::create(dir)?;
     let has_checkpoint = run.latest().is_file();
     if opts.resume {
-        if run.config().is_file() {
+        {
             let stored: RunConfig = config::parse_file(&run.config())?;
-            let diff = config::differences(&stored, cfg, RESUMABLE_CHANGES)?;
+            if let (Some(a), Some(b)) = (&stored.distill, &cfg.distill) {
+                let both = !a.teacher_weights_sha256.is_empty() && !b.teacher_weights_sha256.is_empty();
+                if both && a.teacher_weights_sha256 != b.teacher_weights_sha256 {
+                    invalid_err!(
+                        "--teacher-weights",
+                        "{} is not the teacher file {} was started with (SHA-256 {}, this file {}): give the \
+                         original weights with --teacher-weights, or distil into a new --out",
+                        b.teacher_weights,
+                        dir.display(),
+                        a.teacher_weights_sha256,
+                        b.teacher_weights_sha256
+                    );
+                }
+            }
+            let diff = config::differences(&stored, cfg, &resumable_changes(&stored, cfg))?;
             if !diff.is_empty() {
                 invalid_err!(
                     "--resume",
@@ -291,7 +334,16 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
     let train = source.load(Split::Train)?;
     let test = source.load(Split::Test)?;
     let classes = source.num_classes();
+    if cfg.train.batch_size > train.len() {
+        invalid_err!(
+            "--batch",
+            "batch {} must be in 1..={} (the training images of {source})",
+            cfg.train.batch_size,
+            train.len()
+        );
+    }
     let mut tr = build_trainer(cfg, classes)?;
+    tr.progress = opts.verbose;
     std::fs::write(run.config(), config::to_toml(cfg)?)
         .map_err(|e| Error::Io { context: format!("writing {}", run.config().display()), source: e })?;
     if opts.resume && has_checkpoint {
@@ -300,7 +352,7 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
             .map_err(|e| Error::data(run.latest().display().to_string(), e.to_string()))?;
         run.rewrite_metrics(&tr.history)?;
         if opts.verbose {
-            println!("resuming {} after epoch {} of {}", dir.display(), tr.epoch, cfg.train.epochs);
+            crate::outln!("resuming {} after epoch {} of {}", dir.display(), tr.epoch, cfg.train.epochs);
         }
     } else {
         // A fresh run starts a fresh metrics file.
@@ -311,7 +363,7 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
             Some(d) => format!("{} from {} ({} loss)", cfg.model, d.teacher, d.loss),
             None => cfg.model.clone(),
         };
-        println!(
+        crate::outln!(
             "training {what}: {} parameters, {} train / {} test images of {}, {} epochs, seed {}",
             crate::nn::Module::num_parameters(tr.student.as_ref()),
             train.len(),
@@ -320,8 +372,21 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
             cfg.train.epochs,
             cfg.seed
         );
-        if let Some(t) = tr.evaluate_teacher(&test)? {
-            println!("teacher test top-1 {:.2}%, top-5 {:.2}%", t.top1, t.top5);
+    }
+    // The teacher is checked before it is used: finite weights (build_trainer) and finite logits.
+    if let (Some(t), Some(d)) = (tr.evaluate_teacher(&test)?, &cfg.distill) {
+        if !t.loss.is_finite() {
+            return Err(Error::data(
+                d.teacher_weights.clone(),
+                format!(
+                    "the teacher {} gives non-finite logits on {} (test loss {}): these weights cannot teach; \
+                     check the file, or that --teacher names the model it was trained as",
+                    d.teacher, source, t.loss
+                ),
+            ));
+        }
+        if opts.verbose {
+            crate::outln!("teacher test top-1 {:.2}%, top-5 {:.2}%", t.top1, t.top5);
         }
     }
     let title = match &cfg.distill {
@@ -335,11 +400,11 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
         run.append_metrics(end.record)?;
         // A plot that cannot be drawn must not stop the training.
         if let Err(e) = super::plot::write_curve(&run.plot("svg"), &run.plot("png"), &title, &end.trainer.history) {
-            eprintln!("warning: {e}");
+            crate::errln!("warning: {e}");
         }
         if opts.verbose {
             let r = end.record;
-            println!(
+            crate::outln!(
                 "epoch {:>3}/{epochs}  lr {:.5}  train loss {:.4} top1 {:5.2}%  test loss {:.4} top1 {:5.2}% top5 {:5.2}%  {:.0} img/s{}",
                 r.epoch,
                 r.lr,
@@ -355,10 +420,17 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
         Ok(())
     });
     if let Err(e) = result {
-        let kept = if run.latest().is_file() {
-            format!("the last good checkpoint is {} (epoch {})", run.latest().display(), tr.epoch)
-        } else {
-            "no epoch finished, so no checkpoint was written".to_string()
+        // Read back from the file itself: a failure while saving epoch N leaves epoch N-1 there.
+        let kept = match load_state(&run.latest()) {
+            Ok((_, st)) => format!(
+                "the last good checkpoint is {} (epoch {}); continue with --resume",
+                run.latest().display(),
+                st.epoch
+            ),
+            Err(_) if run.latest().is_file() => {
+                format!("{} cannot be read back, so no checkpoint of this run is usable", run.latest().display())
+            }
+            Err(_) => "no epoch finished, so no checkpoint was written".to_string(),
         };
         return Err(Error::invalid("run stopped", format!("{e}; {kept}")));
     }
@@ -375,13 +447,27 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<RunOutc
     })
 }
 
+/// Keys a resume may change: [`RESUMABLE_CHANGES`], and the teacher's path when both configs
+/// identify the teacher by the same content hash (the file was moved or copied).
+fn resumable_changes(stored: &RunConfig, cfg: &RunConfig) -> Vec<&'static str> {
+    let mut keys = RESUMABLE_CHANGES.to_vec();
+    if let (Some(a), Some(b)) = (&stored.distill, &cfg.distill) {
+        if !a.teacher_weights_sha256.is_empty() && a.teacher_weights_sha256 == b.teacher_weights_sha256 {
+            keys.push("distill.teacher_weights");
+        }
+    }
+    keys
+}
+
 /// Runs every seed (each in its own directory) and, for several, writes `summary.json` into `out`
 /// and prints mean ± std of the best and last test top-1.
 pub fn run_seeds(cfgs: &[(RunConfig, PathBuf)], out: &Path, opts: &RunOptions) -> Result<Vec<RunOutcome>> {
+    // Several seeds share `out` for summary.json (each seed directory is locked by its run).
+    let _lock = if cfgs.len() > 1 { Some(RunLock::acquire(out)?) } else { None };
     let mut outcomes = Vec::new();
     for (cfg, dir) in cfgs {
         let o = run_one(cfg, dir, opts)?;
-        println!(
+        crate::outln!(
             "seed {}: best test top-1 {:.2}% (epoch {}), last {:.2}% (top-5 {:.2}%); run in {}",
             o.seed,
             o.best_top1,
@@ -399,7 +485,7 @@ pub fn run_seeds(cfgs: &[(RunConfig, PathBuf)], out: &Path, opts: &RunOptions) -
         let path = out.join("summary.json");
         let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::invalid("summary", e.to_string()))?;
         crate::weights::write_atomic(&path, text.as_bytes())?;
-        println!(
+        crate::outln!(
             "{} seeds: best top-1 {:.2} ± {:.2}%, last top-1 {:.2} ± {:.2}% (mean ± sample std); {}",
             outcomes.len(),
             best.mean,

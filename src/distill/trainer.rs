@@ -21,7 +21,7 @@ use crate::nn::Module;
 use crate::optim::Sgd;
 use crate::rng::{Rng, RngState};
 use crate::tensor::Tensor;
-use crate::train::{evaluate_with, train_epoch_with, EpochRecord, EpochStats};
+use crate::train::{evaluate_with, train_epoch_with, EpochRecord, EpochStats, StepProgress};
 use crate::{invalid_err, Device, Error, Result};
 
 /// How the learning rate falls after warm-up.
@@ -192,6 +192,8 @@ pub struct Trainer {
     pub epoch: usize,
     pub best: Option<Best>,
     pub history: Vec<EpochRecord>,
+    /// Show progress inside each epoch ([`StepProgress`]).
+    pub progress: bool,
 }
 
 /// What [`Trainer::run`] reports after each epoch (to log, checkpoint and plot).
@@ -221,6 +223,7 @@ impl Trainer {
             epoch: 0,
             best: None,
             history: Vec::new(),
+            progress: false,
         })
     }
 
@@ -421,6 +424,7 @@ impl Trainer {
             let recipe = self.recipe.clone();
             let mut last_lr = recipe.lr_at(epoch, 0, steps);
             let mut opt = std::mem::replace(&mut self.opt, Sgd::new(0.0, 0.0, 0.0, false)?);
+            let mut progress = self.progress.then(|| StepProgress::new(epoch, recipe.epochs, steps));
             let result = train_epoch_with(
                 &mut opt,
                 &params,
@@ -431,7 +435,15 @@ impl Trainer {
                     last_lr
                 },
                 |x, labels| self.step_loss(x, labels, epoch),
+                |done, batch| {
+                    if let Some(p) = &mut progress {
+                        p.step(done, batch)
+                    }
+                },
             );
+            if let Some(p) = &progress {
+                p.finish();
+            }
             self.opt = opt;
             let train_stats = result?;
             let test_stats = self.evaluate(test)?;

@@ -37,7 +37,18 @@ pub const ZOO: &[&str] = &[
 
 /// A CIFAR ResNet by its mdistiller/RepDistiller name (`resnet20`, `resnet8x4`, ...).
 pub fn cifar_resnet(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) -> Result<CifarResNet> {
-    let (depth, filters) = match name {
+    let Some((depth, filters)) = cifar_resnet_spec(name) else {
+        invalid_err!(
+            "model",
+            "unknown CIFAR ResNet '{name}': use one of resnet8, resnet14, resnet20, resnet32, resnet44, resnet56, resnet110, resnet8x4, resnet32x4"
+        )
+    };
+    CifarResNet::new(depth, filters, num_classes, rng, dev)
+}
+
+/// Depth and widths of the zoo's CIFAR ResNets.
+fn cifar_resnet_spec(name: &str) -> Option<(usize, [usize; 4])> {
+    Some(match name {
         "resnet8" => (8, [16, 16, 32, 64]),
         "resnet14" => (14, [16, 16, 32, 64]),
         "resnet20" => (20, [16, 16, 32, 64]),
@@ -47,12 +58,8 @@ pub fn cifar_resnet(name: &str, num_classes: usize, rng: &mut Rng, dev: Device) 
         "resnet110" => (110, [16, 16, 32, 64]),
         "resnet8x4" => (8, [32, 64, 128, 256]),
         "resnet32x4" => (32, [32, 64, 128, 256]),
-        _ => invalid_err!(
-            "model",
-            "unknown CIFAR ResNet '{name}': use one of resnet8, resnet14, resnet20, resnet32, resnet44, resnet56, resnet110, resnet8x4, resnet32x4"
-        ),
-    };
-    CifarResNet::new(depth, filters, num_classes, rng, dev)
+        _ => return None,
+    })
 }
 
 /// DisWOT's depth space: `resnet_dXYZ` is a CIFAR ResNet-20 (widths 16/16/32/64) with X, Y, Z
@@ -89,6 +96,52 @@ pub fn parse_resnet_wd(name: &str) -> Result<([usize; 4], [usize; 3])> {
     let w = nums(w, 4, "widths")?;
     let d = nums(d, 3, "depths")?;
     Ok(([w[0], w[1], w[2], w[3]], [d[0], d[1], d[2]]))
+}
+
+/// One spelling per network, so that everything keyed by the network (its initial weights' seed)
+/// follows the network and not the name it was given: `resnet8`, `resnet_d111` and
+/// `resnet_w16-16-32-64_d1-1-1` are the same CIFAR ResNet, `mobile_half` is `MobileNetV2`, and an
+/// NB201 string is written in its parsed form. A CIFAR ResNet's canonical name is its zoo name if
+/// it has one, else `resnet_dXYZ` in DisWOT's depth space, else the `resnet_w.._d..` form. Names
+/// that are not a valid network are returned as given (building them fails with the real error).
+pub fn canonical_name(name: &str) -> String {
+    let resnet = if name.starts_with("resnet_d") && name.len() == 11 {
+        let d: Vec<usize> = name[8..].chars().filter_map(|c| c.to_digit(10).map(|d| d as usize)).collect();
+        (d.len() == 3).then(|| ([16, 16, 32, 64], [d[0], d[1], d[2]]))
+    } else if name.starts_with("resnet_w") {
+        parse_resnet_wd(name).ok()
+    } else {
+        None
+    };
+    if let Some((filters, blocks)) = resnet {
+        for zoo in ZOO {
+            if cifar_resnet_shape(zoo) == Some((filters, blocks)) {
+                return zoo.to_string();
+            }
+        }
+        if filters == [16, 16, 32, 64] && blocks.iter().all(|b| [1, 3, 5, 7].contains(b)) {
+            return format!("resnet_d{}{}{}", blocks[0], blocks[1], blocks[2]);
+        }
+        let [f0, f1, f2, f3] = filters;
+        let [n1, n2, n3] = blocks;
+        return format!("resnet_w{f0}-{f1}-{f2}-{f3}_d{n1}-{n2}-{n3}");
+    }
+    if name == "mobile_half" {
+        return "MobileNetV2".into();
+    }
+    if name.starts_with('|') {
+        if let Ok(g) = Nb201Genotype::parse(name) {
+            return g.to_string();
+        }
+    }
+    name.to_string()
+}
+
+/// Widths and blocks per stage of a zoo CIFAR ResNet (`resnet20` -> 16/16/32/64, 3/3/3).
+fn cifar_resnet_shape(name: &str) -> Option<([usize; 4], [usize; 3])> {
+    let (depth, filters) = cifar_resnet_spec(name)?;
+    let n = (depth - 2) / 6;
+    Some((filters, [n, n, n]))
 }
 
 /// Builds any network of the zoo by name, randomly initialised the way its original repository

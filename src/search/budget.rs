@@ -25,9 +25,12 @@ impl Count {
             _ => (&t[..], 1.0),
         };
         let bad = || {
+            let why = if t.starts_with('-') { "a budget cannot be negative (0 means none)" } else { "not a count" };
             Error::invalid(
                 "budget",
-                format!("{what}: '{text}' is not a count; write a whole number or one with a k/M/G suffix (e.g. 1M, 1.5M, 300k)"),
+                format!(
+                    "{what}: '{text}': {why}; write a whole number or one with a k/M/G suffix (e.g. 1M, 1.5M, 300k)"
+                ),
             )
         };
         if let Ok(n) = num.parse::<u64>() {

@@ -21,6 +21,13 @@ pub struct SearchConfig {
     pub space: String,
     /// Teacher model name, or "none" for proxies that need no teacher.
     pub teacher: String,
+    /// The teacher's trained weights (a kdscout model file or training checkpoint); empty: a
+    /// randomly initialised teacher from the run seed.
+    pub teacher_weights: String,
+    /// SHA-256 of `teacher_weights`, filled in when the config is resolved: a resumed run
+    /// identifies its teacher by content (the same file elsewhere is accepted, a swapped one
+    /// refused).
+    pub teacher_weights_sha256: String,
     /// The proxy whose score the search maximises (its sign is taken from the proxy registry).
     pub proxy: String,
     pub algo: AlgoKind,
@@ -43,6 +50,8 @@ impl Default for SearchConfig {
             kdscout_version: env!("CARGO_PKG_VERSION").into(),
             space: "nb201".into(),
             teacher: "resnet56".into(),
+            teacher_weights: String::new(),
+            teacher_weights_sha256: String::new(),
             proxy: "diswot".into(),
             algo: AlgoKind::Aging,
             seed: 0,
@@ -67,6 +76,31 @@ impl SearchConfig {
 
     pub fn teacher_name(&self) -> Option<&str> {
         (!self.teacher.is_empty() && self.teacher != "none").then_some(self.teacher.as_str())
+    }
+
+    /// Where the teacher comes from, if the run has one.
+    pub fn teacher_source(&self) -> Option<crate::proxy::run::TeacherSource<'_>> {
+        self.teacher_name().map(|name| crate::proxy::run::TeacherSource {
+            name,
+            weights: (!self.teacher_weights.is_empty()).then(|| Path::new(self.teacher_weights.as_str())),
+        })
+    }
+
+    /// Fills in `teacher_weights_sha256` from the file (after all layers are applied).
+    pub fn hash_teacher_weights(&mut self) -> Result<()> {
+        self.teacher_weights_sha256 = if self.teacher_weights.is_empty() {
+            String::new()
+        } else {
+            let path = Path::new(&self.teacher_weights);
+            if !path.is_file() {
+                return Err(Error::invalid(
+                    "--teacher-weights",
+                    format!("{} is not a file: give the teacher's weights with their current path", path.display()),
+                ));
+            }
+            crate::weights::sha256_file(path)?
+        };
+        Ok(())
     }
 }
 

@@ -132,7 +132,7 @@ fn read_input(dir: &Path) -> Result<Input> {
     };
     let results = dir.join(RESULTS_FILE);
     // Read only: a shard may still be running (its last line half written).
-    let records = match fs::read(&results) {
+    let records: Vec<SearchRecord> = match fs::read(&results) {
         Ok(bytes) => parse_results(&bytes, &results)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io(results.display().to_string())(e)),

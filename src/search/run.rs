@@ -27,8 +27,9 @@ use super::budget::Checked;
 use super::config::SearchConfig;
 use super::space::{space_by_id, Genome, SearchSpace};
 use crate::error::io_err as io;
-use crate::proxy::run::{candidate_seed, score_candidate, CandidateRecord};
-use crate::proxy::{self, Candidate, Proxy, ScoringContext, TeacherView};
+use crate::proxy::run::{candidate_seed, score_candidate, teacher_view, CandidateRecord};
+use crate::proxy::{self, Candidate, Proxy, ScoringContext};
+use crate::run_lock::RunLock;
 use crate::tensor::Tensor;
 use crate::{Device, Error, Result};
 
@@ -120,13 +121,18 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 /// Reads `results.jsonl`, cutting off a torn last line (no trailing newline) left by a process
 /// killed mid-write.
 pub fn read_results(path: &Path) -> Result<Vec<SearchRecord>> {
+    read_results_as(path)
+}
+
+/// [`read_results`] for any record type (`score` runs hold [`CandidateRecord`]s).
+pub fn read_results_as<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let bytes = fs::read(path).map_err(io(path.display().to_string()))?;
     let complete = complete_lines(&bytes);
     if complete < bytes.len() {
-        eprintln!(
+        crate::errln!(
             "search: {}: dropping a partial last line ({} bytes) left by an interrupted write",
             path.display(),
             bytes.len() - complete
@@ -145,7 +151,7 @@ fn complete_lines(bytes: &[u8]) -> usize {
 /// The records of the complete lines of a results file's `bytes`, read from `path`; a torn last
 /// line (a write in progress, or cut short) is left out and the file left as it is (`merge`
 /// reads shards that may still be running).
-pub fn parse_results(bytes: &[u8], path: &Path) -> Result<Vec<SearchRecord>> {
+pub fn parse_results<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<Vec<T>> {
     let text = std::str::from_utf8(&bytes[..complete_lines(bytes)])
         .map_err(|e| Error::data(path.display().to_string(), e.to_string()))?;
     text.lines()
@@ -254,6 +260,11 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
     driver.validate()?;
 
     let (config_path, results_path, state_path) = (out.join(CONFIG_FILE), out.join(RESULTS_FILE), out.join(STATE_FILE));
+    if opts.resume {
+        check_resumable(out)?;
+    }
+    // Held until this function returns: no second process writes this directory meanwhile.
+    let _lock = RunLock::acquire(out)?;
     if !opts.resume && (results_path.exists() || state_path.exists()) {
         return Err(Error::invalid(
             "--out",
@@ -263,8 +274,9 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
             ),
         ));
     }
-    fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
-    if !opts.resume || !config_path.exists() {
+    let stored = if opts.resume { Some(super::config::parse_file(&config_path)?) } else { None };
+    if stored.as_ref() != Some(cfg) {
+        // A new run, or a resumed one whose --evaluations was raised (the only change allowed).
         write_atomic(&config_path, &cfg.to_toml()?)?;
     }
 
@@ -276,6 +288,19 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
     } else {
         driver.initial_state(cfg.seed)
     };
+    if let (Some(stored), Some(why)) = (&stored, &state.finished) {
+        if cfg.evaluations != stored.evaluations {
+            // Only a run that stopped at its budget can go on; the budget check comes before any
+            // proposal, so the extended run continues exactly as one started with the larger budget.
+            if !why.starts_with("evaluation budget") {
+                return Err(Error::invalid(
+                    "--evaluations",
+                    format!("{} finished because {why}: a larger budget adds nothing", out.display()),
+                ));
+            }
+            state.finished = None;
+        }
+    }
     let committed = state.evaluations as usize;
     if all.len() < committed {
         return Err(Error::data(
@@ -296,17 +321,9 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
     let pending = all[committed..].iter().map(|r| (r.record.arch.clone(), r.clone())).collect();
     let records = all[..committed].to_vec();
 
-    let teacher = match cfg.teacher_name() {
-        Some(name) if info.needs_teacher => {
-            let t = Candidate {
-                name: name.to_string(),
-                num_classes,
-                seed: candidate_seed(cfg.seed, &format!("teacher:{name}")),
-                init: cfg.init,
-                device: Device::Cpu,
-            }
-            .build()?;
-            Some(TeacherView::compute(t.as_ref(), name, &images, &labels)?)
+    let teacher = match cfg.teacher_source() {
+        Some(src) if info.needs_teacher => {
+            Some(teacher_view(&src, num_classes, cfg.seed, cfg.init, &images, &labels, |_| Ok(()))?)
         }
         _ => None,
     };
@@ -345,6 +362,17 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
         cfg.seed,
         out.display()
     ));
+    if matches!(cfg.algo, AlgoKind::Aging | AlgoKind::Generational)
+        && cfg.evaluations > 0
+        && cfg.evaluations <= cfg.search.population as u64
+    {
+        report.line(&format!(
+            "note: --evaluations {} does not exceed the population ({}): the {} search never gets past its random initial population, so this is random sampling",
+            cfg.evaluations,
+            cfg.search.population,
+            cfg.algo.as_str()
+        ));
+    }
     let mut steps_here = 0u64;
     loop {
         if opts.max_steps.is_some_and(|m| steps_here >= m) {
@@ -363,6 +391,29 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
     let records = ev.records;
     finish_outputs(out, cfg, space.as_ref(), num_classes, &records)?;
     Ok(RunSummary { state, records, out: out.to_path_buf() })
+}
+
+/// Checks that `out` holds a run that `--resume` can continue (its `config.resolved.toml`,
+/// written before the first candidate is scored).
+pub fn check_resumable(out: &Path) -> Result<()> {
+    if !out.is_dir() {
+        return Err(Error::invalid(
+            "--resume",
+            format!("{} does not exist, so there is no run to resume: drop --resume to start one", out.display()),
+        ));
+    }
+    if !out.join(CONFIG_FILE).is_file() {
+        // A run that has just started may not have written its config yet: report it as busy.
+        drop(RunLock::acquire(out)?);
+        return Err(Error::invalid(
+            "--resume",
+            format!(
+                "{} holds no search run (no {CONFIG_FILE}): drop --resume to start one there, or give the run's directory",
+                out.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The best record (first among equals), by fitness.
@@ -459,7 +510,7 @@ pub fn ranking_table(records: &[SearchRecord], proxy: &str, limit: usize) -> Str
         s.push_str(&format!(
             "{:>5}  {:>14}  {:>7.3}M  {:>9.2}  {}\n",
             i + 1,
-            score.map_or("-".to_string(), |v| format!("{v:.6}")),
+            score.map_or("-".to_string(), crate::proxy::run::format_score),
             r.params as f64 / 1e6,
             r.flops as f64 / 1e6,
             r.record.arch
@@ -497,7 +548,7 @@ impl Reporter {
     fn line(&self, text: &str) {
         match self {
             Reporter::Bar(b, ..) => b.println(text),
-            Reporter::Log(..) => eprintln!("{text}"),
+            Reporter::Log(..) => crate::errln!("{text}"),
             Reporter::Quiet => {}
         }
     }
@@ -517,7 +568,7 @@ impl Reporter {
             Reporter::Log(start, last, e0) => {
                 if last.elapsed().as_secs_f64() >= 10.0 {
                     *last = Instant::now();
-                    eprintln!("search: {} evaluations, {}", st.evaluations, Self::status(st, start, *e0));
+                    crate::errln!("search: {} evaluations, {}", st.evaluations, Self::status(st, start, *e0));
                 }
             }
             Reporter::Quiet => {}

@@ -161,6 +161,16 @@ pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], metadata: &BTreeMap<St
 
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, synced, then renamed over
 /// `path`, so a crash never leaves a half-written checkpoint under the real name.
+/// The SHA-256 of a file's bytes as lowercase hex (what `sha256sum` prints): how a run identifies
+/// a weights file independently of its path.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io_err(format!("reading {}", path.display())))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = match path.parent() {

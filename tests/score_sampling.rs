@@ -1,0 +1,102 @@
+//! `score --space S --sample N` (a seeded sample of a space, so a proxy study is one command) and
+//! `score --repeats N` (mean and sample std over N seeds of batch and weights), each checked
+//! against independent runs of the plain command.
+
+use std::collections::HashSet;
+use std::process::{Command, Output};
+
+fn kdscout(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdscout")).args(args).output().unwrap()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn sample(seed: &str) -> Vec<String> {
+    let o = kdscout(&[
+        "score",
+        "--space",
+        "nb201",
+        "--sample",
+        "25",
+        "--seed",
+        seed,
+        "--proxies",
+        "params",
+        "--data",
+        "synthetic",
+        "--batch",
+        "2",
+        "--json",
+        "--out",
+        &std::env::temp_dir().join(format!("kdscout-sample-{}-{seed}", std::process::id())).display().to_string(),
+    ]);
+    let names: Vec<String> = json_lines(&o).iter().map(|r| r["arch"].as_str().unwrap().to_string()).collect();
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("kdscout-sample-{}-{seed}", std::process::id())));
+    names
+}
+
+#[test]
+fn a_space_sample_is_seeded_distinct_and_valid() {
+    let a = sample("3");
+    assert_eq!(a.len(), 25);
+    assert_eq!(a.iter().collect::<HashSet<_>>().len(), 25, "repeated members: {a:?}");
+    for n in &a {
+        kdscout::models::Nb201Genotype::parse(n).unwrap();
+    }
+    assert_eq!(a, sample("3"), "same seed, same sample");
+    assert_ne!(a, sample("4"));
+
+    let o = kdscout(&["score", "--space", "resnet_d", "--sample", "65", "--proxies", "params"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("65") && err.contains("64"), "{err}");
+}
+
+fn score(seed: &str, repeats: &str) -> serde_json::Value {
+    let o = kdscout(&[
+        "score",
+        "--teacher",
+        "resnet8",
+        "--student",
+        "resnet_d113",
+        "--proxies",
+        "diswot,l2_norm,params",
+        "--data",
+        "synthetic",
+        "--batch",
+        "4",
+        "--seed",
+        seed,
+        "--repeats",
+        repeats,
+        "--json",
+    ]);
+    json_lines(&o).remove(0)
+}
+
+#[test]
+fn repeats_are_the_mean_and_sample_std_of_single_runs() {
+    let many = score("5", "3");
+    let single: Vec<serde_json::Value> = ["5", "6", "7"].iter().map(|s| score(s, "1")).collect();
+    for proxy in ["diswot", "l2_norm", "params"] {
+        let v: Vec<f64> = single.iter().map(|r| r["scores"][proxy]["score"].as_f64().unwrap()).collect();
+        let mean = v.iter().sum::<f64>() / 3.0;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+        let got = &many["scores"][proxy];
+        assert!(
+            (got["score"].as_f64().unwrap() - mean).abs() <= 1e-12 * mean.abs().max(1.0),
+            "{proxy}: {got} vs {v:?}"
+        );
+        assert!((got["std"].as_f64().unwrap() - std).abs() <= 1e-9 * std.max(1.0), "{proxy}: {got} vs {v:?}");
+        assert_eq!(got["repeats"], 3);
+        // The first repeat is the plain run with --seed.
+        assert_eq!(single[0]["scores"][proxy]["repeats"], serde_json::Value::Null);
+    }
+    // diswot's weights and batch change with the seed: the repeats differ.
+    assert!(many["scores"]["diswot"]["std"].as_f64().unwrap() > 0.0);
+    // params does not (up to the rounding of the mean).
+    assert!(many["scores"]["params"]["std"].as_f64().unwrap() < 1e-12);
+}
