@@ -1,6 +1,6 @@
 //! Property tests of every parser a user reaches (NB201 strings, model and space names, TOML
 //! configs and `--set`, candidate files, `.pth`/pickle, safetensors, CIFAR files, counts, data
-//! sources, shards, correlate's CSV and scores, arch.json): arbitrary input, and valid input truncated or with bytes flipped, never
+//! sources, shards, seeds, command lines, correlate's CSV and scores, arch.json): arbitrary input, and valid input truncated or with bytes flipped, never
 //! panics (a panic fails the property), and every error names the input: the file, or the
 //! offending string. Case counts are fixed so the whole file stays within seconds.
 
@@ -128,6 +128,21 @@ fn near(valid: &'static [&'static str]) -> impl Strategy<Value = String> {
     ]
 }
 
+const COMMANDS: &[&str] = &["demo", "data", "models", "import-weights", "score", "correlate", "search", "merge", "train", "distill", "nope"];
+
+const FLAGS: &[&str] = &[
+    "--out", "--seed", "--shard", "--space", "--teacher", "--proxy", "--proxies", "--max-params", "--evaluations",
+    "--algo", "--data", "--batch", "--set", "--config", "--resume", "--json", "--duplicates", "--allow-partial",
+    "--student", "--candidates", "--model", "--classes", "--top", "--key", "--column", "--help", "--version", "-h",
+];
+
+/// The command-line definition itself is consistent (clap checks it only in debug builds).
+#[test]
+fn command_line_definition() {
+    use clap::CommandFactory;
+    kdscout::cli::Cli::command().debug_assert();
+}
+
 const NB201: &[&str] = &[
     "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|",
     "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
@@ -177,6 +192,27 @@ proptest! {
         if let Err(e) = Count::parse(&s, "--max-params") {
             let msg = e.to_string();
             prop_assert!(names(&msg, &s) && msg.contains("--max-params"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn seeds(s in near(&["0", "18446744073709551615", "18446744073709551616", "-1", "1.5", " 7 "])) {
+        if let Err(msg) = kdscout::cli::parse_seed(&s) {
+            prop_assert!(names(&msg, &s), "{msg}");
+        }
+    }
+
+    /// Whole command lines (flags of every command with arbitrary values) parse or give clap's
+    /// usage error; they are parsed only, never run.
+    #[test]
+    fn command_lines(cmd in prop::sample::select(COMMANDS), args in prop::collection::vec(prop_oneof![
+        2 => prop::sample::select(FLAGS).prop_map(str::to_string),
+        1 => near(&["0", "-1", "1M", "0/2", "nb201", "resnet8", "x=1", ""]),
+    ], 0..8)) {
+        use clap::Parser;
+        let argv = ["kdscout", cmd].into_iter().map(str::to_string).chain(args);
+        if let Err(e) = kdscout::cli::Cli::try_parse_from(argv) {
+            prop_assert!(!e.to_string().is_empty());
         }
     }
 
