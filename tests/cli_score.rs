@@ -245,6 +245,13 @@ fn correlate_says_what_matched_refuses_duplicates_and_explains_undefined_values(
     let first = kdscout(&["correlate", "--scores", s, "--truth", t, "--duplicates", "first"]);
     assert!(row_of(&ok(&first), "p ").contains("1.0000"));
     assert!(String::from_utf8_lossy(&first.stderr).contains("used line 1 (--duplicates first)"));
+    // A file appended to itself: the first few duplicates, then a count.
+    let many: String = (0..8).map(|i| rec(&format!("m{i}"), &[("p", 1.0)])).collect();
+    std::fs::write(&scores, format!("{body}{many}{many}")).unwrap();
+    let said = kdscout(&["correlate", "--scores", s, "--truth", t, "--duplicates", "last"]);
+    let said = String::from_utf8_lossy(&said.stderr).into_owned();
+    assert_eq!(said.matches("has records on lines").count(), 5, "{said}");
+    assert!(said.contains("... and 3 more architectures with several records"), "{said}");
 
     // No architecture in common: an error showing both sides.
     std::fs::write(&scores, &body).unwrap();

@@ -310,8 +310,13 @@ fn cell(v: f64, decimals: usize) -> String {
 pub fn run(args: &CorrelateArgs) -> Result<()> {
     let truth = read_truth(&args.truth, &args.key, &args.column)?;
     let scores = read_scores(&args.scores, args.duplicates)?;
-    for u in &scores.used {
-        crate::errln!("correlate: {u} (--duplicates {})", if args.duplicates == Duplicates::First { "first" } else { "last" });
+    // The first few, then a count (a file appended to itself would list every architecture).
+    let flag = if args.duplicates == Duplicates::First { "first" } else { "last" };
+    for u in scores.used.iter().take(SHOWN) {
+        crate::errln!("correlate: {u} (--duplicates {flag})");
+    }
+    if scores.used.len() > SHOWN {
+        crate::errln!("correlate: ... and {} more architectures with several records", scores.used.len() - SHOWN);
     }
     let summary = match_summary(&scores, &truth, &args.truth)?;
     let rows = agreements(&scores, &truth, args.top)?;
