@@ -1,5 +1,5 @@
 //! `kdscout merge` refuses what is not one run's distinct shards (a directory twice, a shard index
-//! twice, other settings), and refuses missing or unfinished shards unless --allow-partial, when
+//! twice, other settings or teacher weights; the weights' path may differ), and refuses missing or unfinished shards unless --allow-partial, when
 //! it says (printed and in merge.json) how many of the space's members the merged run holds.
 
 use std::path::{Path, PathBuf};
@@ -111,6 +111,20 @@ fn merge_refuses_repeated_foreign_missing_and_unfinished_shards() {
     assert_eq!(records.len() as u64 + report.over_budget, 64);
     let tail = format!("of 64 members of resnet_d ({} over the budget, not scored)", report.over_budget);
     assert!(report.holds().ends_with(&tail), "{}", report.holds());
+
+    // The teacher is its content: the same weights under another path (another machine) merge,
+    // other weights do not.
+    let teacher = |i: u64, path: &str, sha: &str| {
+        let mut c = cfg(i, 2);
+        (c.teacher_weights, c.teacher_weights_sha256) = (path.into(), sha.into());
+        c
+    };
+    search(&teacher(0, "/machine-a/t.safetensors", "ab"), &out("ta"), None);
+    search(&teacher(1, "/machine-b/t.safetensors", "ab"), &out("tb"), None);
+    merge_shards(&[out("ta"), out("tb")], &out("m11"), false).unwrap();
+    search(&teacher(1, "/machine-a/t.safetensors", "cd"), &out("tc"), Some(1));
+    let e = err(merge_shards(&[out("ta"), out("tc")], &out("m12"), true));
+    assert!(e.contains("teacher_weights_sha256: \"ab\" -> \"cd\""), "{e}");
 
     // Complete shards merge into the whole space, printed and in merge.json.
     let exe = env!("CARGO_BIN_EXE_kdscout");

@@ -1,8 +1,8 @@
 //! `kdscout merge`: joins the run directories of the shards (`--shard i/n`) of one exhaustive
 //! search into one run directory.
 //!
-//! The shards must be of one run: the same settings except `shard.index` and `evaluations`
-//! (so the same space, seed, proxy, data, budget and shard count `n`), each index given once.
+//! The shards must be of one run: the same settings except those of [`MAY_DIFFER`] (so the same
+//! space, seed, proxy, data, budget, teacher and shard count `n`), each index given once.
 //! A shard whose `state.json` is not finished is *incomplete*, an index of `0..n` that no input
 //! holds is *missing*: both are errors (naming the shard and the fix) unless `allow_partial`,
 //! when the merge goes on and its report says what is absent. The merged directory holds the
@@ -23,6 +23,11 @@ use crate::error::io_err as io;
 use crate::{Error, Result};
 
 pub const MERGE_FILE: &str = "merge.json";
+
+/// Settings that may differ between shards of one run: the shard index, the evaluation budget
+/// (raised on resume), and the teacher weights' path (the teacher is identified by
+/// `teacher_weights_sha256`; a shard run on another machine sees the file under another path).
+const MAY_DIFFER: &[&str] = &["shard.index", "evaluations", "teacher_weights"];
 
 /// One input shard as found on disk.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -160,7 +165,7 @@ fn check_one_run(inputs: &[Input]) -> Result<()> {
                 format!("{} is given twice (the second time as {}); give each shard once", prev.display(), inp.dir.display()),
             ));
         }
-        let diff = differences(&first.cfg, &inp.cfg, &["shard.index", "evaluations"])?;
+        let diff = differences(&first.cfg, &inp.cfg, MAY_DIFFER)?;
         if !diff.is_empty() {
             return Err(Error::invalid(
                 "merge",
