@@ -373,6 +373,24 @@ fn safetensors_valid() -> Vec<u8> {
     kdscout::weights::to_safetensors_bytes(&tensors, &meta).unwrap()
 }
 
+/// resnet8's weights as `kdscout import-weights` or `train` would write them.
+fn resnet8_weights() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let net = kdscout::models::build("resnet8", 10, &mut kdscout::rng::Rng::seed(0), kdscout::Device::Cpu).unwrap();
+        let meta = kdscout::weights::model_metadata("resnet8", 10);
+        kdscout::weights::to_safetensors_bytes(&net.state_dict(), &meta).unwrap()
+    })
+}
+
+/// `valid` safetensors with its JSON header mutated and the length prefix set to the new
+/// header's, so the damage reaches the names, dtypes, shapes and offsets.
+fn header_mutated(valid: &[u8], m: &Mutation) -> Vec<u8> {
+    let n = u64::from_le_bytes(valid[..8].try_into().unwrap()) as usize;
+    let header = m.apply(&valid[8..8 + n]);
+    [&(header.len() as u64).to_le_bytes()[..], &header, &valid[8 + n..]].concat()
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth").join(name)).unwrap()
 }
@@ -397,6 +415,19 @@ proptest! {
         if let Err(e) = kdscout::weights::from_safetensors_bytes(&b, "in/w.safetensors") {
             let msg = e.to_string();
             prop_assert!(msg.contains("in/w.safetensors"), "{msg}");
+        }
+    }
+
+    /// A model file loaded into its network (`--teacher-weights`, `distill`, `models`): names,
+    /// shapes and offsets of the header changed.
+    #[test]
+    fn model_weight_files(m in mutation(4096), header in any::<bool>()) {
+        let bytes = if header { header_mutated(resnet8_weights(), &m) } else { m.apply(resnet8_weights()) };
+        let path = file("resnet8.safetensors", &bytes);
+        let net = kdscout::models::build("resnet8", 10, &mut kdscout::rng::Rng::seed(1), kdscout::Device::Cpu).unwrap();
+        if let Err(e) = kdscout::distill::checkpoint::load_teacher_weights(net.as_ref(), &path) {
+            let msg = e.to_string();
+            prop_assert!(named_path(&msg, &path), "{msg}");
         }
     }
 
