@@ -197,7 +197,8 @@ fn models_reads_a_searched_winner_and_any_buildable_name() {
 fn correlate_says_what_matched_refuses_duplicates_and_explains_undefined_values() {
     let dir = tmp("correlate");
     let rec = |arch: &str, scores: &[(&str, f64)]| {
-        let s: Vec<String> = scores.iter().map(|(p, v)| format!("\"{p}\":{{\"score\":{v},\"higher_is_better\":true}}")).collect();
+        let s: Vec<String> =
+            scores.iter().map(|(p, v)| format!("\"{p}\":{{\"score\":{v},\"higher_is_better\":true}}")).collect();
         format!("{{\"arch\":\"{arch}\",\"scores\":{{{}}}}}\n", s.join(","))
     };
     // `flat` is constant, `lone` has one score in the truth, `x` is not in the truth.
@@ -225,8 +226,14 @@ fn correlate_says_what_matched_refuses_duplicates_and_explains_undefined_values(
     let rows: Vec<serde_json::Value> = ok(&json).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(String::from_utf8_lossy(&json.stderr).contains("matched 3 architectures"));
     let get = |p: &str| rows.iter().find(|r| r["proxy"] == p).unwrap().clone();
-    assert_eq!((get("flat")["spearman"].clone(), get("flat")["note"].clone()), (serde_json::Value::Null, "n/a (constant scores)".into()));
-    assert_eq!((get("p")["n"].as_u64(), get("p")["spearman"].as_f64(), get("p")["note"].is_null()), (Some(3), Some(1.0), true));
+    assert_eq!(
+        (get("flat")["spearman"].clone(), get("flat")["note"].clone()),
+        (serde_json::Value::Null, "n/a (constant scores)".into())
+    );
+    assert_eq!(
+        (get("p")["n"].as_u64(), get("p")["spearman"].as_f64(), get("p")["note"].is_null()),
+        (Some(3), Some(1.0), true)
+    );
     assert_eq!((get("p")["scored_not_in_truth"].as_u64(), get("p")["truth_not_scored"].as_u64()), (Some(1), Some(1)));
     // Constant truth is named as such.
     let flat_truth = dir.join("flat.csv");

@@ -111,7 +111,16 @@ fn cut(len: usize) -> impl Strategy<Value = usize> {
 }
 
 fn flips_str() -> impl Strategy<Value = Vec<(usize, char)>> {
-    prop::collection::vec((any::<usize>(), prop_oneof![any::<char>(), prop::sample::select(vec!['|', '~', '+', '_', '0', '9', '-', '.', '=', '"', '[', ' '])]), 0..4)
+    prop::collection::vec(
+        (
+            any::<usize>(),
+            prop_oneof![
+                any::<char>(),
+                prop::sample::select(vec!['|', '~', '+', '_', '0', '9', '-', '.', '=', '"', '[', ' '])
+            ],
+        ),
+        0..4,
+    )
 }
 
 fn flips_bytes() -> impl Strategy<Value = Vec<(usize, u8)>> {
@@ -128,12 +137,38 @@ fn near(valid: &'static [&'static str]) -> impl Strategy<Value = String> {
     ]
 }
 
-const COMMANDS: &[&str] = &["demo", "data", "models", "import-weights", "score", "correlate", "search", "merge", "train", "distill", "nope"];
+const COMMANDS: &[&str] =
+    &["demo", "data", "models", "import-weights", "score", "correlate", "search", "merge", "train", "distill", "nope"];
 
 const FLAGS: &[&str] = &[
-    "--out", "--seed", "--shard", "--space", "--teacher", "--proxy", "--proxies", "--max-params", "--evaluations",
-    "--algo", "--data", "--batch", "--set", "--config", "--resume", "--json", "--duplicates", "--allow-partial",
-    "--student", "--candidates", "--model", "--classes", "--top", "--key", "--column", "--help", "--version", "-h",
+    "--out",
+    "--seed",
+    "--shard",
+    "--space",
+    "--teacher",
+    "--proxy",
+    "--proxies",
+    "--max-params",
+    "--evaluations",
+    "--algo",
+    "--data",
+    "--batch",
+    "--set",
+    "--config",
+    "--resume",
+    "--json",
+    "--duplicates",
+    "--allow-partial",
+    "--student",
+    "--candidates",
+    "--model",
+    "--classes",
+    "--top",
+    "--key",
+    "--column",
+    "--help",
+    "--version",
+    "-h",
 ];
 
 /// The command-line definition itself is consistent (clap checks it only in debug builds).
@@ -368,7 +403,10 @@ fn cifar100_valid() -> Vec<u8> {
 
 fn safetensors_valid() -> Vec<u8> {
     let t = |v: Vec<f32>, dims: Vec<usize>| kdscout::Tensor::from_vec(v, dims, kdscout::Device::Cpu).unwrap();
-    let tensors = vec![("a.weight".to_string(), t(vec![1.0, 2.0, 3.0, 4.0], vec![2, 2])), ("b".to_string(), t(vec![5.0], vec![1]))];
+    let tensors = vec![
+        ("a.weight".to_string(), t(vec![1.0, 2.0, 3.0, 4.0], vec![2, 2])),
+        ("b".to_string(), t(vec![5.0], vec![1])),
+    ];
     let meta = kdscout::weights::model_metadata("resnet8", 10);
     kdscout::weights::to_safetensors_bytes(&tensors, &meta).unwrap()
 }

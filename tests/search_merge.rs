@@ -130,11 +130,7 @@ fn merge_refuses_repeated_foreign_missing_and_unfinished_shards() {
     let exe = env!("CARGO_BIN_EXE_kdscout");
     search_resume(&dirs[1]);
     let merged = out("whole");
-    let cli = Command::new(exe)
-        .args(["merge", "--out", merged.to_str().unwrap()])
-        .args(&dirs)
-        .output()
-        .unwrap();
+    let cli = Command::new(exe).args(["merge", "--out", merged.to_str().unwrap()]).args(&dirs).output().unwrap();
     let stdout = String::from_utf8_lossy(&cli.stdout);
     assert!(cli.status.success(), "{stdout}{}", String::from_utf8_lossy(&cli.stderr));
     assert!(stdout.contains("merged 3 of 3 shards: 64 candidates; holds 64 of 64 members of resnet_d"), "{stdout}");

@@ -243,7 +243,8 @@ pub fn agreements(scores: &Scores, truth: &HashMap<String, f64>, top: f64) -> Re
             note: None,
         };
         if x.len() < 2 {
-            row.note = Some(format!("n/a ({} pair{} with the truth, need 2)", x.len(), if x.len() == 1 { "" } else { "s" }));
+            row.note =
+                Some(format!("n/a ({} pair{} with the truth, need 2)", x.len(), if x.len() == 1 { "" } else { "s" }));
         } else {
             row.spearman = rank::spearman(&x, &y)?;
             row.kendall_tau_b = rank::kendall_tau_b(&x, &y)?;
@@ -284,11 +285,7 @@ fn match_summary(scores: &Scores, truth: &HashMap<String, f64>, truth_path: &Pat
             ),
         ));
     }
-    let mut s = format!(
-        "matched {matched} architectures: {} scored, {} in the truth",
-        scores.archs.len(),
-        truth.len()
-    );
+    let mut s = format!("matched {matched} architectures: {} scored, {} in the truth", scores.archs.len(), truth.len());
     if !not_in_truth.is_empty() {
         s.push_str(&format!("; scored but not in the truth: {}", some_of(&not_in_truth)));
     }

@@ -70,7 +70,8 @@ impl MergeReport {
     /// One line: "holds 64 of 64 members of resnet_d", then what is absent.
     pub fn holds(&self) -> String {
         let mut s = self.counts();
-        let mut absent: Vec<String> = self.missing.iter().map(|i| format!("shard {i}/{} missing", self.shard_count)).collect();
+        let mut absent: Vec<String> =
+            self.missing.iter().map(|i| format!("shard {i}/{} missing", self.shard_count)).collect();
         for sh in self.shards.iter().filter(|sh| sh.finished.is_none()) {
             absent.push(format!("shard {}/{} incomplete ({})", sh.index, sh.count, sh.held()));
         }
@@ -124,7 +125,10 @@ fn read_input(dir: &Path) -> Result<Input> {
     if !config.is_file() {
         return Err(Error::invalid(
             "merge",
-            format!("{} holds no search run (no {CONFIG_FILE}); give the --out directories of the shards", dir.display()),
+            format!(
+                "{} holds no search run (no {CONFIG_FILE}); give the --out directories of the shards",
+                dir.display()
+            ),
         ));
     }
     let cfg = parse_file(&config)?;
@@ -162,7 +166,11 @@ fn check_one_run(inputs: &[Input]) -> Result<()> {
         if let Some(prev) = canonical.insert(real, &inp.dir) {
             return Err(Error::invalid(
                 "merge",
-                format!("{} is given twice (the second time as {}); give each shard once", prev.display(), inp.dir.display()),
+                format!(
+                    "{} is given twice (the second time as {}); give each shard once",
+                    prev.display(),
+                    inp.dir.display()
+                ),
             ));
         }
         let diff = differences(&first.cfg, &inp.cfg, MAY_DIFFER)?;
