@@ -138,6 +138,11 @@ fn merge_refuses_repeated_foreign_missing_and_unfinished_shards() {
         serde_json::from_str(&std::fs::read_to_string(merged.join("merge.json")).unwrap()).unwrap();
     assert_eq!(json["complete"], true);
     assert_eq!(json["members"], 64);
+    // The same merge whatever the order of the directories.
+    let reversed: Vec<PathBuf> = dirs.iter().rev().cloned().collect();
+    merge_shards(&reversed, &out("whole-reversed"), false).unwrap();
+    let results = |d: &Path| std::fs::read_to_string(d.join("results.jsonl")).unwrap();
+    assert_eq!(results(&merged), results(&out("whole-reversed")));
     // The CLI refuses a partial merge with a non-zero exit, and --allow-partial says it is partial.
     let cli = Command::new(exe).args(["merge", "--out", out("m8").to_str().unwrap()]).arg(&dirs[0]).output().unwrap();
     let stderr = String::from_utf8_lossy(&cli.stderr);

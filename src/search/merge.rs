@@ -202,7 +202,7 @@ fn check_one_run(inputs: &[Input]) -> Result<()> {
     Ok(())
 }
 
-/// Joins the shards in `inputs` into `out` (records renumbered in input order; an architecture
+/// Joins the shards in `inputs` into `out` (records renumbered in shard order; an architecture
 /// present in several shards is kept once). Missing or incomplete shards are an error unless
 /// `allow_partial`.
 pub fn merge_shards(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<(Vec<SearchRecord>, MergeReport)> {
@@ -212,8 +212,11 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Resu
     if out.join(RESULTS_FILE).exists() {
         return Err(Error::invalid("merge", format!("{} already holds results; choose another --out", out.display())));
     }
-    let inputs: Vec<Input> = inputs.iter().map(|d| read_input(d)).collect::<Result<_>>()?;
+    let mut inputs: Vec<Input> = inputs.iter().map(|d| read_input(d)).collect::<Result<_>>()?;
     check_one_run(&inputs)?;
+    // Shard order, not argument order: the merged records (and the winner among equal scores,
+    // the first) are the same however the directories are listed.
+    inputs.sort_by_key(|i| i.cfg.shard.index);
     let cfg0 = &inputs[0].cfg;
     let space = space_by_id(&cfg0.space)?;
     let count = cfg0.shard.count;
