@@ -8,12 +8,17 @@
 //! parameters, buffers, inputs, and any untracked tensor an op consumed. Every rule here is a
 //! naive loop written from the PyTorch definition of the op, independently of the f32 kernels,
 //! so a replay of a network in the f32 range also cross-checks the engine end to end.
+//!
+//! The rules are generic over the scalar ([`Real`]): in plain f64 they give the gradient; in dual
+//! numbers, with the leaves moving in a direction v, they give the gradient and the exact
+//! Hessian-vector product H·v at once ([`hessian_vector_f64`], GraSP's double backward).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
+use super::real::{Dual, Real};
 use super::{topological_order, Op};
 use crate::backend::{
     BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, UnaryOp,
@@ -33,6 +38,39 @@ pub struct F64Replay {
 /// Replays the graph that produced the scalar `root` in f64: its value, and ∂root/∂leaf for
 /// each of `leaves` (tensors that require a gradient). Errors name the op a rule cannot replay.
 pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
+    let (root, grads) = replay::<f64>(root, leaves, &[])?;
+    Ok(F64Replay { root, grads })
+}
+
+/// [`replay_f64`] plus the Hessian-vector product: `hvp[i]` = Σ_j ∂²root/∂leaf_i∂leaf_j · v_j,
+/// exact to f64 rounding (forward-over-reverse with dual numbers, see [`super::real`]). It is
+/// what PyTorch's double backward `autograd.grad(Σ_j v_j·grad_j, leaf_i)` computes: ReLU masks
+/// and max-pooling choices count as locally constant.
+#[derive(Clone, Debug)]
+pub struct HvpReplay {
+    pub root: f64,
+    pub grads: Vec<Vec<f64>>,
+    pub hvp: Vec<Vec<f64>>,
+}
+
+/// The gradients and H·v of the scalar `root` w.r.t. `leaves`, for a direction `v` with one
+/// entry per leaf (each of the leaf's length).
+pub fn hessian_vector_f64(root: &Tensor, leaves: &[Tensor], v: &[Vec<f64>]) -> Result<HvpReplay> {
+    if v.len() != leaves.len() || leaves.iter().zip(v).any(|(l, v)| l.numel() != v.len()) {
+        return Err(Error::shape(
+            "hessian_vector_f64",
+            format!("the direction must have one entry per leaf, each of the leaf's length ({} leaves)", leaves.len()),
+        ));
+    }
+    let (root, grads) = replay::<Dual>(root, leaves, v)?;
+    let (grads, hvp): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+        grads.into_iter().map(|g| g.into_iter().map(|d| (d.re, d.du)).unzip()).unzip();
+    Ok(HvpReplay { root: root.re, grads, hvp })
+}
+
+/// The replay itself: leaf `leaves[i]` enters as `value + tangents[i]·ε` when tangents are given
+/// (the dual scalar), every other tensor as its value.
+fn replay<S: Real>(root: &Tensor, leaves: &[Tensor], tangents: &[Vec<f64>]) -> Result<(S, Vec<Vec<S>>)> {
     if root.numel() != 1 {
         return Err(Error::shape("replay_f64", format!("the root must have one element, got shape {}", root.shape())));
     }
@@ -42,8 +80,16 @@ pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
             "the root was not recorded: run the forward with gradients on and a parameter that requires grad",
         ));
     }
+    let tangent: HashMap<TensorId, &[f64]> = leaves.iter().zip(tangents).map(|(t, v)| (t.id(), v.as_slice())).collect();
+    let widen = |t: &Tensor| -> Result<Vec<S>> {
+        let v = t.to_vec()?;
+        Ok(match tangent.get(&t.id()) {
+            Some(d) => v.into_iter().zip(d.iter()).map(|(x, &d)| S::seed(x as f64, d)).collect(),
+            None => v.into_iter().map(|x| S::cst(x as f64)).collect(),
+        })
+    };
     let order = topological_order(root);
-    let mut vals: HashMap<TensorId, Vec<f64>> = HashMap::new();
+    let mut vals: HashMap<TensorId, Vec<S>> = HashMap::new();
     for node in &order {
         let v = match node.op() {
             None => widen(node)?,
@@ -63,8 +109,8 @@ pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
     let root_value = vals[&root.id()][0];
 
     let keep: HashSet<TensorId> = leaves.iter().map(|t| t.id()).collect();
-    let mut grads: HashMap<TensorId, Vec<f64>> = HashMap::new();
-    grads.insert(root.id(), vec![1.0]);
+    let mut grads: HashMap<TensorId, Vec<S>> = HashMap::new();
+    grads.insert(root.id(), vec![S::cst(1.0)]);
     for node in order.iter().rev() {
         let Some(op) = node.op() else { continue };
         let Some(dy) = grads.remove(&node.id()) else { continue };
@@ -78,19 +124,16 @@ pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
                 continue;
             }
             match grads.entry(input.id()) {
-                Entry::Occupied(mut e) => e.get_mut().iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                Entry::Occupied(mut e) => e.get_mut().iter_mut().zip(g).for_each(|(a, b)| *a += b),
                 Entry::Vacant(e) => {
                     e.insert(g);
                 }
             }
         }
     }
-    let grads = leaves.iter().map(|t| grads.get(&t.id()).cloned().unwrap_or_else(|| vec![0.0; t.numel()])).collect();
-    Ok(F64Replay { root: root_value, grads })
-}
-
-fn widen(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_vec()?.into_iter().map(f64::from).collect())
+    let grads =
+        leaves.iter().map(|t| grads.get(&t.id()).cloned().unwrap_or_else(|| vec![S::cst(0.0); t.numel()])).collect();
+    Ok((root_value, grads))
 }
 
 fn unsupported(what: &str) -> Error {
@@ -162,36 +205,45 @@ fn sum_geom(x: &Tensor, y: &Tensor) -> Option<DimGeom> {
 
 // ---------------------------------------------------------------------------- elementwise
 
-fn softplus(x: f64) -> f64 {
-    if x > 20.0 {
+fn softplus<S: Real>(x: S) -> S {
+    if x.re() > 20.0 {
         x
     } else {
         x.exp().ln_1p()
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
+fn sigmoid<S: Real>(x: S) -> S {
+    S::cst(1.0) / (S::cst(1.0) + (-x).exp())
 }
 
-fn unary_value(op: UnaryOp, x: f64) -> Result<f64> {
+fn unary_value<S: Real>(op: UnaryOp, x: S) -> Result<S> {
+    let zero = S::cst(0.0);
     Ok(match op {
         UnaryOp::Relu => {
-            if x < 0.0 {
-                0.0
+            if x.re() < 0.0 {
+                zero
             } else {
                 x
             }
         }
-        UnaryOp::Relu6 => x.clamp(0.0, 6.0),
+        UnaryOp::Relu6 => {
+            if x.re() < 0.0 {
+                zero
+            } else if x.re() > 6.0 {
+                S::cst(6.0)
+            } else {
+                x
+            }
+        }
         UnaryOp::LeakyRelu(s) => {
-            if x > 0.0 {
+            if x.re() > 0.0 {
                 x
             } else {
-                s as f64 * x
+                x.sc(s as f64)
             }
         }
-        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        UnaryOp::Gelu => (x * (S::cst(1.0) + x.sc(std::f64::consts::FRAC_1_SQRT_2).erf())).sc(0.5),
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Mish => x * softplus(x).tanh(),
@@ -200,57 +252,56 @@ fn unary_value(op: UnaryOp, x: f64) -> Result<f64> {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Pow(p) => x.powf(p as f64),
         UnaryOp::Abs => x.abs(),
-        UnaryOp::Affine { mul, add } => x * mul as f64 + add as f64,
-        UnaryOp::ClampMin(lo) => x.max(lo as f64),
+        UnaryOp::Affine { mul, add } => x.sc(mul as f64) + S::cst(add as f64),
+        UnaryOp::ClampMin(lo) => {
+            if x.re() < lo as f64 {
+                S::cst(lo as f64)
+            } else {
+                x
+            }
+        }
         #[allow(unreachable_patterns)]
         other => return Err(unsupported(&format!("unary op {other:?}"))),
     })
 }
 
 /// d op(x)/dx at x (y = op(x)).
-fn unary_slope(op: UnaryOp, x: f64, y: f64) -> Result<f64> {
+fn unary_slope<S: Real>(op: UnaryOp, x: S, y: S) -> Result<S> {
+    let step = |on: bool| S::cst(on as u8 as f64);
     Ok(match op {
-        UnaryOp::Relu => (x > 0.0) as u8 as f64,
-        UnaryOp::Relu6 => (x > 0.0 && x < 6.0) as u8 as f64,
-        UnaryOp::LeakyRelu(s) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                s as f64
-            }
-        }
+        UnaryOp::Relu => step(x.re() > 0.0),
+        UnaryOp::Relu6 => step(x.re() > 0.0 && x.re() < 6.0),
+        UnaryOp::LeakyRelu(s) => S::cst(if x.re() > 0.0 { 1.0 } else { s as f64 }),
         UnaryOp::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let cdf = (S::cst(1.0) + x.sc(std::f64::consts::FRAC_1_SQRT_2).erf()).sc(0.5);
+            let pdf = (x * x).sc(-0.5).exp().sc(1.0 / (2.0 * std::f64::consts::PI).sqrt());
             cdf + x * pdf
         }
-        UnaryOp::Sigmoid => y * (1.0 - y),
-        UnaryOp::Tanh => 1.0 - y * y,
+        UnaryOp::Sigmoid => y * (S::cst(1.0) - y),
+        UnaryOp::Tanh => S::cst(1.0) - y * y,
         UnaryOp::Mish => {
             let t = softplus(x).tanh();
-            t + x * (1.0 - t * t) * sigmoid(x)
+            t + x * (S::cst(1.0) - t * t) * sigmoid(x)
         }
         UnaryOp::Exp => y,
-        UnaryOp::Log => 1.0 / x,
-        UnaryOp::Sqrt => 0.5 / y,
-        UnaryOp::Pow(p) => p as f64 * x.powf(p as f64 - 1.0),
-        UnaryOp::Abs => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }
-        UnaryOp::Affine { mul, .. } => mul as f64,
-        UnaryOp::ClampMin(lo) => (x > lo as f64) as u8 as f64,
+        UnaryOp::Log => S::cst(1.0) / x,
+        UnaryOp::Sqrt => S::cst(0.5) / y,
+        UnaryOp::Pow(p) => x.powf(p as f64 - 1.0).sc(p as f64),
+        UnaryOp::Abs => S::cst(if x.re() > 0.0 {
+            1.0
+        } else if x.re() < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }),
+        UnaryOp::Affine { mul, .. } => S::cst(mul as f64),
+        UnaryOp::ClampMin(lo) => step(x.re() > lo as f64),
         #[allow(unreachable_patterns)]
         other => return Err(unsupported(&format!("unary op {other:?}"))),
     })
 }
 
-fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
+fn binary_value<S: Real>(op: BinaryOp, a: S, b: S) -> S {
     match op {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
@@ -260,15 +311,15 @@ fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
 }
 
 /// (∂/∂a, ∂/∂b) of a∘b.
-fn binary_slopes(op: BinaryOp, a: f64, b: f64) -> (f64, f64) {
+fn binary_slopes<S: Real>(op: BinaryOp, a: S, b: S) -> (S, S) {
+    let one = S::cst(1.0);
     match op {
-        BinaryOp::Add => (1.0, 1.0),
-        BinaryOp::Sub => (1.0, -1.0),
+        BinaryOp::Add => (one, one),
+        BinaryOp::Sub => (one, -one),
         BinaryOp::Mul => (b, a),
-        BinaryOp::Div => (1.0 / b, -a / (b * b)),
+        BinaryOp::Div => (one / b, -a / (b * b)),
     }
 }
-
 // ---------------------------------------------------------------------------- matmul, conv
 
 /// Calls f(c, a, b) with the flat indices of C[b,i,j], op(A)[b,i,p] and op(B)[b,p,j] for every
@@ -319,9 +370,9 @@ fn conv_rows(g: &Conv2dGeom, b: usize, oc: usize, icl: usize, mut f: impl FnMut(
 }
 
 /// y = conv(x, w), one task per output plane (b, oc).
-fn conv_forward(x: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+fn conv_forward<S: Real>(x: &[S], w: &[S], g: &Conv2dGeom) -> Vec<S> {
     let plane = g.h_out * g.w_out;
-    let mut y = vec![0.0; g.n * g.c_out * plane];
+    let mut y = vec![S::cst(0.0); g.n * g.c_out * plane];
     y.par_chunks_mut(plane).enumerate().for_each(|(p, yp)| {
         let base = p * plane;
         for icl in 0..g.c_in / g.groups {
@@ -339,10 +390,10 @@ fn conv_forward(x: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
 }
 
 /// ∂/∂x of Σ dy·conv(x, w), one task per input plane (b, ic) over the output channels of its group.
-fn conv_backward_data(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+fn conv_backward_data<S: Real>(dy: &[S], w: &[S], g: &Conv2dGeom) -> Vec<S> {
     let plane = g.h * g.w;
     let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let mut dx = vec![0.0; g.n * g.c_in * plane];
+    let mut dx = vec![S::cst(0.0); g.n * g.c_in * plane];
     dx.par_chunks_mut(plane).enumerate().for_each(|(p, dxp)| {
         let (b, ic, base) = (p / g.c_in, p % g.c_in, p * plane);
         for oc in ic / cin_g * cout_g..(ic / cin_g + 1) * cout_g {
@@ -360,10 +411,10 @@ fn conv_backward_data(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
 }
 
 /// Σ a·b over two equal-length slices, in four interleaved partial sums (so it pipelines).
-fn dot4(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0; 4];
+fn dot4<S: Real>(a: &[S], b: &[S]) -> S {
+    let mut acc = [S::cst(0.0); 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: S = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..4 {
             acc[l] += x[l] * y[l];
@@ -373,9 +424,9 @@ fn dot4(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// ∂/∂w of Σ dy·conv(x, w), one task per output channel (its filter).
-fn conv_backward_weight(x: &[f64], dy: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+fn conv_backward_weight<S: Real>(x: &[S], dy: &[S], g: &Conv2dGeom) -> Vec<S> {
     let filter = g.c_in / g.groups * g.kh * g.kw;
-    let mut dw = vec![0.0; g.c_out * filter];
+    let mut dw = vec![S::cst(0.0); g.c_out * filter];
     dw.par_chunks_mut(filter).enumerate().for_each(|(oc, dwf)| {
         for b in 0..g.n {
             for icl in 0..g.c_in / g.groups {
@@ -384,7 +435,7 @@ fn conv_backward_weight(x: &[f64], dy: &[f64], g: &Conv2dGeom) -> Vec<f64> {
                     dwf[wi - oc * filter] += if g.stride.1 == 1 {
                         dot4(dyr, &x[x0..x0 + len])
                     } else {
-                        dyr.iter().zip(x[x0..].iter().step_by(g.stride.1)).map(|(d, xv)| d * xv).sum::<f64>()
+                        dyr.iter().zip(x[x0..].iter().step_by(g.stride.1)).map(|(&d, &xv)| d * xv).sum::<S>()
                     };
                 });
             }
@@ -429,11 +480,11 @@ fn pool_visit(kind: PoolKind, g: &Pool2dGeom, mut f: impl FnMut(usize, &[usize],
 }
 
 /// First maximum (NaN wins, as in PyTorch); None for an empty window.
-fn argmax(x: &[f64], idx: impl Iterator<Item = usize>) -> Option<usize> {
+fn argmax<S: Real>(x: &[S], idx: impl Iterator<Item = usize>) -> Option<usize> {
     let mut best: Option<usize> = None;
     for i in idx {
         match best {
-            Some(b) if !(x[i] > x[b] || (x[i].is_nan() && !x[b].is_nan())) => {}
+            Some(b) if !(x[i].re() > x[b].re() || (x[i].re().is_nan() && !x[b].re().is_nan())) => {}
             _ => best = Some(i),
         }
     }
@@ -496,14 +547,14 @@ fn resize_visit(g: &ResizeGeom, interp: Option<InterpMode>, mut f: impl FnMut(us
 // ---------------------------------------------------------------------------- normalisation
 
 /// x̂ and 1/sqrt(biased var + eps) per group, where `groups` lists each group's flat indices.
-fn standardise(x: &[f64], groups: &[Vec<usize>], eps: f64) -> (Vec<f64>, Vec<f64>) {
-    let mut xhat = vec![0.0; x.len()];
+fn standardise<S: Real>(x: &[S], groups: &[Vec<usize>], eps: f64) -> (Vec<S>, Vec<S>) {
+    let mut xhat = vec![S::cst(0.0); x.len()];
     let mut invstd = Vec::with_capacity(groups.len());
     for idx in groups {
         let m = idx.len() as f64;
-        let mean = idx.iter().map(|&i| x[i]).sum::<f64>() / m;
-        let var = idx.iter().map(|&i| (x[i] - mean).powi(2)).sum::<f64>() / m;
-        let inv = 1.0 / (var + eps).sqrt();
+        let mean = idx.iter().map(|&i| x[i]).sum::<S>().sc(1.0 / m);
+        let var = idx.iter().map(|&i| (x[i] - mean) * (x[i] - mean)).sum::<S>().sc(1.0 / m);
+        let inv = S::cst(1.0) / (var + S::cst(eps)).sqrt();
         for &i in idx {
             xhat[i] = (x[i] - mean) * inv;
         }
@@ -530,26 +581,27 @@ fn affine_index(g: &NormGeom, batch: bool, i: usize) -> usize {
     }
 }
 
-fn norm_forward(x: &[f64], gamma: &[f64], beta: &[f64], g: &NormGeom, batch: bool) -> Vec<f64> {
+fn norm_forward<S: Real>(x: &[S], gamma: &[S], beta: &[S], g: &NormGeom, batch: bool) -> Vec<S> {
     let (xhat, _) = standardise(x, &norm_groups(g, batch), g.eps as f64);
     xhat.iter()
         .enumerate()
-        .map(|(i, v)| v * gamma[affine_index(g, batch, i)] + beta[affine_index(g, batch, i)])
+        .map(|(i, &v)| v * gamma[affine_index(g, batch, i)] + beta[affine_index(g, batch, i)])
         .collect()
 }
 
 /// (dx, dγ, dβ): per group, dx = invstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = dy·γ.
-fn norm_backward(x: &[f64], dy: &[f64], gamma: &[f64], g: &NormGeom, batch: bool) -> [Vec<f64>; 3] {
+fn norm_backward<S: Real>(x: &[S], dy: &[S], gamma: &[S], g: &NormGeom, batch: bool) -> [Vec<S>; 3] {
     let groups = norm_groups(g, batch);
     let (xhat, invstd) = standardise(x, &groups, g.eps as f64);
-    let mut dx = vec![0.0; x.len()];
-    let mut dgamma = vec![0.0; gamma.len()];
-    let mut dbeta = vec![0.0; gamma.len()];
+    let zero = S::cst(0.0);
+    let mut dx = vec![zero; x.len()];
+    let mut dgamma = vec![zero; gamma.len()];
+    let mut dbeta = vec![zero; gamma.len()];
     for (idx, inv) in groups.iter().zip(invstd) {
         let m = idx.len() as f64;
         let gh = |i: usize| dy[i] * gamma[affine_index(g, batch, i)];
-        let mean_g = idx.iter().map(|&i| gh(i)).sum::<f64>() / m;
-        let mean_gx = idx.iter().map(|&i| gh(i) * xhat[i]).sum::<f64>() / m;
+        let mean_g = idx.iter().map(|&i| gh(i)).sum::<S>().sc(1.0 / m);
+        let mean_gx = idx.iter().map(|&i| gh(i) * xhat[i]).sum::<S>().sc(1.0 / m);
         for &i in idx {
             dx[i] = inv * (gh(i) - mean_g - xhat[i] * mean_gx);
             dgamma[affine_index(g, batch, i)] += dy[i] * xhat[i];
@@ -560,13 +612,14 @@ fn norm_backward(x: &[f64], dy: &[f64], gamma: &[f64], g: &NormGeom, batch: bool
 }
 
 /// Softmax or log-softmax of every line of an [outer, len, inner] view.
-fn softmax_lines(x: &[f64], g: DimGeom, log: bool) -> Vec<f64> {
-    let mut y = vec![0.0; x.len()];
+fn softmax_lines<S: Real>(x: &[S], g: DimGeom, log: bool) -> Vec<S> {
+    let mut y = vec![S::cst(0.0); x.len()];
     for o in 0..g.outer {
         for i in 0..g.inner {
             let idx = || (0..g.len).map(|k| line(g, o, k, i));
-            let m = idx().map(|j| x[j]).fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = idx().map(|j| (x[j] - m).exp()).sum();
+            // The shift cancels in the result, so a constant one is exact for the derivative too.
+            let m = S::cst(idx().map(|j| x[j].re()).fold(f64::NEG_INFINITY, f64::max));
+            let s: S = idx().map(|j| (x[j] - m).exp()).sum();
             for j in idx() {
                 y[j] = if log { x[j] - m - s.ln() } else { (x[j] - m).exp() / s };
             }
@@ -577,9 +630,10 @@ fn softmax_lines(x: &[f64], g: DimGeom, log: bool) -> Vec<f64> {
 
 // ---------------------------------------------------------------------------- the rules
 
-fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Vec<f64>> {
-    let v = |t: &Tensor| -> &[f64] { &vals[&t.id()] };
-    let mut out = vec![0.0; y.numel()];
+fn forward<S: Real>(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<S>>) -> Result<Vec<S>> {
+    let v = |t: &Tensor| -> &[S] { &vals[&t.id()] };
+    let zero = S::cst(0.0);
+    let mut out = vec![zero; y.numel()];
     match op {
         Op::Unary { op, x } => {
             for (o, &a) in out.iter_mut().zip(v(x)) {
@@ -630,24 +684,24 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
             let vx = v(x);
             pool_visit(*kind, g, |o, window, divisor| {
                 out[o] = match kind {
-                    PoolKind::Max => argmax(vx, window.iter().copied()).map_or(f64::NEG_INFINITY, |i| vx[i]),
-                    PoolKind::Avg { .. } if divisor == 0.0 => 0.0,
-                    PoolKind::Avg { .. } => window.iter().map(|&i| vx[i]).sum::<f64>() / divisor,
+                    PoolKind::Max => argmax(vx, window.iter().copied()).map_or(S::cst(f64::NEG_INFINITY), |i| vx[i]),
+                    PoolKind::Avg { .. } if divisor == 0.0 => zero,
+                    PoolKind::Avg { .. } => window.iter().map(|&i| vx[i]).sum::<S>().sc(1.0 / divisor),
                 }
             });
         }
         Op::AdaptiveAvgPool2d { x, g } => {
             let vx = v(x);
-            resize_visit(g, None, |o, i, wt| out[o] += wt * vx[i]);
+            resize_visit(g, None, |o, i, wt| out[o] += vx[i].sc(wt));
         }
         Op::Interpolate { mode, x, g } => {
             let vx = v(x);
-            resize_visit(g, Some(*mode), |o, i, wt| out[o] += wt * vx[i]);
+            resize_visit(g, Some(*mode), |o, i, wt| out[o] += vx[i].sc(wt));
         }
         Op::BatchNormTrain { x, gamma, beta, relu, g, .. } => {
             out = norm_forward(v(x), v(gamma), v(beta), g, true);
             if *relu {
-                out.iter_mut().filter(|o| **o < 0.0).for_each(|o| *o = 0.0);
+                out.iter_mut().filter(|o| o.re() < 0.0).for_each(|o| *o = zero);
             }
         }
         Op::LayerNorm { x, gamma, beta, g, .. } => out = norm_forward(v(x), v(gamma), v(beta), g, false),
@@ -655,13 +709,16 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
         Op::CrossEntropy { logits, labels } => {
             let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
             let lp = softmax_lines(v(logits), DimGeom { outer: rows, len: classes, inner: 1 }, true);
-            out[0] = -(0..rows).map(|r| lp[r * classes + labels[r] as usize]).sum::<f64>() / rows as f64;
+            out[0] = -(0..rows).map(|r| lp[r * classes + labels[r] as usize]).sum::<S>().sc(1.0 / rows as f64);
         }
         Op::KlDiv { log_q, p } => {
             let rows = log_q.dims()[0] as f64;
-            out[0] =
-                v(p).iter().zip(v(log_q)).map(|(&p, &lq)| if p > 0.0 { p * (p.ln() - lq) } else { 0.0 }).sum::<f64>()
-                    / rows;
+            out[0] = v(p)
+                .iter()
+                .zip(v(log_q))
+                .map(|(&p, &lq)| if p.re() > 0.0 { p * (p.ln() - lq) } else { zero })
+                .sum::<S>()
+                .sc(1.0 / rows);
         }
         Op::Sum { x } => match sum_geom(x, y) {
             None => out.copy_from_slice(v(x)),
@@ -689,10 +746,10 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
             let vx = v(x);
             for o in 0..g.outer {
                 for i in 0..g.inner {
-                    let n = (0..g.len).map(|k| vx[line(g, o, k, i)].powi(2)).sum::<f64>().sqrt();
+                    let n = (0..g.len).map(|k| vx[line(g, o, k, i)] * vx[line(g, o, k, i)]).sum::<S>().sqrt();
                     for k in 0..g.len {
                         let j = line(g, o, k, i);
-                        out[j] = vx[j] / n.max(*eps as f64);
+                        out[j] = vx[j] / if n.re() > *eps as f64 { n } else { S::cst(*eps as f64) };
                     }
                 }
             }
@@ -705,9 +762,10 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
 
 /// Gradients of each input of `op` (in `op.inputs()` order; None where none is needed) given
 /// the upstream gradient `dy` of its output `y`.
-fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>) -> Result<Vec<Option<Vec<f64>>>> {
-    let v = |t: &Tensor| -> &[f64] { &vals[&t.id()] };
-    let zeros = |t: &Tensor| vec![0.0; t.numel()];
+fn backward<S: Real>(op: &Op, y: &Tensor, dy: &[S], vals: &HashMap<TensorId, Vec<S>>) -> Result<Vec<Option<Vec<S>>>> {
+    let v = |t: &Tensor| -> &[S] { &vals[&t.id()] };
+    let zero = S::cst(0.0);
+    let zeros = |t: &Tensor| vec![zero; t.numel()];
     let wanted = |t: &Tensor| t.requires_grad();
     Ok(match op {
         Op::Unary { op, x } => {
@@ -785,7 +843,7 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
                 }
                 PoolKind::Avg { .. } => {
                     if divisor > 0.0 {
-                        window.iter().for_each(|&i| dx[i] += dy[o] / divisor);
+                        window.iter().for_each(|&i| dx[i] += dy[o].sc(1.0 / divisor));
                     }
                 }
             });
@@ -793,33 +851,33 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
         }
         Op::AdaptiveAvgPool2d { x, g } => {
             let mut dx = zeros(x);
-            resize_visit(g, None, |o, i, wt| dx[i] += wt * dy[o]);
+            resize_visit(g, None, |o, i, wt| dx[i] += dy[o].sc(wt));
             vec![Some(dx)]
         }
         Op::Interpolate { mode, x, g } => {
             let mut dx = zeros(x);
-            resize_visit(g, Some(*mode), |o, i, wt| dx[i] += wt * dy[o]);
+            resize_visit(g, Some(*mode), |o, i, wt| dx[i] += dy[o].sc(wt));
             vec![Some(dx)]
         }
         Op::BatchNormTrain { x, gamma, relu: false, g, .. } => {
             norm_backward(v(x), dy, v(gamma), g, true).map(Some).into()
         }
         Op::BatchNormTrain { x, gamma, relu: true, g, .. } => {
-            let masked: Vec<f64> = dy.iter().zip(v(y)).map(|(&d, &o)| if o > 0.0 { d } else { 0.0 }).collect();
+            let masked: Vec<S> = dy.iter().zip(v(y)).map(|(&d, &o)| if o.re() > 0.0 { d } else { zero }).collect();
             norm_backward(v(x), &masked, v(gamma), g, true).map(Some).into()
         }
         Op::LayerNorm { x, gamma, g, .. } => norm_backward(v(x), dy, v(gamma), g, false).map(Some).into(),
         Op::Softmax { g, log, .. } => {
             let vy = v(y);
-            let mut dx = vec![0.0; dy.len()];
+            let mut dx = vec![zero; dy.len()];
             for o in 0..g.outer {
                 for i in 0..g.inner {
                     let idx = || (0..g.len).map(|k| line(*g, o, k, i));
                     if *log {
-                        let s: f64 = idx().map(|j| dy[j]).sum();
+                        let s: S = idx().map(|j| dy[j]).sum();
                         idx().for_each(|j| dx[j] = dy[j] - vy[j].exp() * s);
                     } else {
-                        let s: f64 = idx().map(|j| dy[j] * vy[j]).sum();
+                        let s: S = idx().map(|j| dy[j] * vy[j]).sum();
                         idx().for_each(|j| dx[j] = vy[j] * (dy[j] - s));
                     }
                 }
@@ -830,17 +888,21 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
             let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
             let mut d = softmax_lines(v(logits), DimGeom { outer: rows, len: classes, inner: 1 }, false);
             for r in 0..rows {
-                d[r * classes + labels[r] as usize] -= 1.0;
+                d[r * classes + labels[r] as usize] += S::cst(-1.0);
             }
-            let s = dy[0] / rows as f64;
-            d.iter_mut().for_each(|x| *x *= s);
+            let s = dy[0].sc(1.0 / rows as f64);
+            d.iter_mut().for_each(|x| *x = *x * s);
             vec![Some(d)]
         }
         Op::KlDiv { log_q, p } => {
-            let s = dy[0] / log_q.dims()[0] as f64;
+            let s = dy[0].sc(1.0 / log_q.dims()[0] as f64);
             let (vq, vp) = (v(log_q), v(p));
             let dq = vp.iter().map(|&p| -p * s).collect();
-            let dp = vp.iter().zip(vq).map(|(&p, &lq)| if p > 0.0 { (p.ln() + 1.0 - lq) * s } else { 0.0 }).collect();
+            let dp = vp
+                .iter()
+                .zip(vq)
+                .map(|(&p, &lq)| if p.re() > 0.0 { (p.ln() + S::cst(1.0) - lq) * s } else { zero })
+                .collect();
             vec![Some(dq), Some(dp)]
         }
         Op::Sum { x } => match sum_geom(x, y) {
@@ -877,12 +939,12 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
             for o in 0..g.outer {
                 for i in 0..g.inner {
                     let idx = || (0..g.len).map(|k| line(g, o, k, i));
-                    let n = idx().map(|j| vx[j] * vx[j]).sum::<f64>().sqrt();
-                    if n > eps {
-                        let dot: f64 = idx().map(|j| vx[j] * dy[j]).sum();
+                    let n = idx().map(|j| vx[j] * vx[j]).sum::<S>().sqrt();
+                    if n.re() > eps {
+                        let dot: S = idx().map(|j| vx[j] * dy[j]).sum();
                         idx().for_each(|j| dx[j] = (dy[j] - vx[j] * dot / (n * n)) / n);
                     } else {
-                        idx().for_each(|j| dx[j] = dy[j] / eps);
+                        idx().for_each(|j| dx[j] = dy[j].sc(1.0 / eps));
                     }
                 }
             }
