@@ -38,6 +38,10 @@ pub trait Real:
     fn tanh(self) -> Self;
     fn erf(self) -> Self;
     fn abs(self) -> Self;
+    /// f(a, b) for an f linear in each argument, run on plain f64 arrays so that the heavy
+    /// bilinear rules (convolutions) have one f64 kernel: for duals,
+    /// (a + a′ε)·(b + b′ε) = f(a, b) + (f(a′, b) + f(a, b′))ε.
+    fn bilinear(a: &[Self], b: &[Self], f: impl Fn(&[f64], &[f64]) -> Vec<f64>) -> Vec<Self>;
 }
 
 impl Real for f64 {
@@ -76,6 +80,9 @@ impl Real for f64 {
     }
     fn abs(self) -> f64 {
         f64::abs(self)
+    }
+    fn bilinear(a: &[f64], b: &[f64], f: impl Fn(&[f64], &[f64]) -> Vec<f64>) -> Vec<f64> {
+        f(a, b)
     }
 }
 
@@ -182,6 +189,27 @@ impl Real for Dual {
         } else {
             self
         }
+    }
+    fn bilinear(a: &[Dual], b: &[Dual], f: impl Fn(&[f64], &[f64]) -> Vec<f64>) -> Vec<Dual> {
+        // The derivative parts, skipped where they are all zero (the input image, say).
+        let parts = |v: &[Dual]| -> (Vec<f64>, Option<Vec<f64>>) {
+            let du = v.iter().any(|d| d.du != 0.0).then(|| v.iter().map(|d| d.du).collect());
+            (v.iter().map(|d| d.re).collect(), du)
+        };
+        let ((ar, ad), (br, bd)) = (parts(a), parts(b));
+        let mut du = vec![0.0; 0];
+        for term in [ad.map(|ad| f(&ad, &br)), bd.map(|bd| f(&ar, &bd))].into_iter().flatten() {
+            if du.is_empty() {
+                du = term;
+            } else {
+                du.iter_mut().zip(term).for_each(|(d, t)| *d += t);
+            }
+        }
+        let re = f(&ar, &br);
+        if du.is_empty() {
+            du = vec![0.0; re.len()];
+        }
+        re.into_iter().zip(du).map(|(re, du)| Dual { re, du }).collect()
     }
 }
 

@@ -6,8 +6,9 @@
 //!
 //! Leaves are read from their tensors when the replay runs (f32 widened to f64, which is exact):
 //! parameters, buffers, inputs, and any untracked tensor an op consumed. Every rule here is a
-//! naive loop written from the PyTorch definition of the op, independently of the f32 kernels,
-//! so a replay of a network in the f32 range also cross-checks the engine end to end.
+//! naive loop written from the PyTorch definition of the op, independently of the f32 kernels
+//! (convolutions are im2col + an f64 GEMM of the gemm crate), so a replay of a network in the f32
+//! range also cross-checks the engine end to end.
 //!
 //! The rules are generic over the scalar ([`Real`]): in plain f64 they give the gradient; in dual
 //! numbers, with the leaves moving in a direction v, they give the gradient and the exact
@@ -341,106 +342,164 @@ fn matmul_visit(g: &MatmulGeom, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
-/// The outputs o (along one axis) whose tap k reads inside the input: 0 ≤ o·stride + k − pad < input.
-fn valid_outputs(out: usize, input: usize, k: usize, stride: usize, pad: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(k).div_ceil(stride);
-    let hi = if input + pad > k { ((input + pad - k - 1) / stride + 1).min(out) } else { 0 };
-    (lo, hi.max(lo))
-}
-
-/// The terms of a grouped, strided, zero-padded convolution (PyTorch's cross-correlation) that
-/// join output channel `oc` of image `b` to its input channel `icl` (within the group), one
-/// output row at a time: f(y0, x0, wi, len) stands for y[y0 + t] += w[wi]·x[x0 + t·stride_w],
-/// t < len (flat indices into y, x and w).
-fn conv_rows(g: &Conv2dGeom, b: usize, oc: usize, icl: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-    let cin_g = g.c_in / g.groups;
-    let ic = oc / (g.c_out / g.groups) * cin_g + icl;
-    for ki in 0..g.kh {
-        let (h0, h1) = valid_outputs(g.h_out, g.h, ki, g.stride.0, g.pad.0);
-        for kj in 0..g.kw {
-            let (w0, w1) = valid_outputs(g.w_out, g.w, kj, g.stride.1, g.pad.1);
-            let wi = ((oc * cin_g + icl) * g.kh + ki) * g.kw + kj;
-            for oh in h0..h1 {
-                let (ih, iw) = (oh * g.stride.0 + ki - g.pad.0, w0 * g.stride.1 + kj - g.pad.1);
-                let y0 = ((b * g.c_out + oc) * g.h_out + oh) * g.w_out + w0;
-                f(y0, ((b * g.c_in + ic) * g.h + ih) * g.w + iw, wi, w1 - w0);
-            }
+/// Row-major dst[m×n] (+)= a·b, with a [m×k] (stored [k×m] when `a_t`) and b [k×n] (stored
+/// [n×k] when `b_t`), in f64 through the gemm crate.
+#[allow(clippy::too_many_arguments)]
+fn dgemm(m: usize, n: usize, k: usize, dst: &mut [f64], accumulate: bool, a: &[f64], a_t: bool, b: &[f64], b_t: bool) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "dgemm operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
         }
+        return;
+    }
+    let (a_rs, a_cs) = if a_t { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+    // Small products on one thread: rayon's fork/join costs more than it saves.
+    let par = if 2 * m * n * k < 1 << 21 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    };
+    // SAFETY: the assert above puts every element of the three views (a: m×k, b: k×n, dst: m×n,
+    // row-major or transposed as the strides say) inside its slice; dst is borrowed mutably, so
+    // it aliases neither operand, and no other thread sees it during the call.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
     }
 }
 
-/// y = conv(x, w), one task per output plane (b, oc).
-fn conv_forward<S: Real>(x: &[S], w: &[S], g: &Conv2dGeom) -> Vec<S> {
-    let plane = g.h_out * g.w_out;
-    let mut y = vec![S::cst(0.0); g.n * g.c_out * plane];
-    y.par_chunks_mut(plane).enumerate().for_each(|(p, yp)| {
-        let base = p * plane;
-        for icl in 0..g.c_in / g.groups {
-            conv_rows(g, p / g.c_out, p % g.c_out, icl, |y0, x0, wi, len| {
-                let yr = &mut yp[y0 - base..y0 - base + len];
-                if g.stride.1 == 1 {
-                    yr.iter_mut().zip(&x[x0..x0 + len]).for_each(|(o, &xv)| *o += w[wi] * xv);
-                } else {
-                    yr.iter_mut().zip(x[x0..].iter().step_by(g.stride.1)).for_each(|(o, &xv)| *o += w[wi] * xv);
+/// Input row of output row `o` and tap `k` (None in the padding), along one axis.
+fn tap_index(o: usize, k: usize, stride: usize, pad: usize, input: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(pad).filter(|&i| i < input)
+}
+
+/// Group `gi`'s im2col matrix of an [n, c_in, h, w] input: row (icl, ki, kj), column (b, oh, ow),
+/// zero where the tap falls in the padding (PyTorch's cross-correlation).
+fn im2col(x: &[f64], g: &Conv2dGeom, gi: usize) -> Vec<f64> {
+    let cin_g = g.c_in / g.groups;
+    let p = g.h_out * g.w_out;
+    let cols = g.n * p;
+    let mut col = vec![0.0; cin_g * g.kh * g.kw * cols];
+    col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        let (ic, ki, kj) = (gi * cin_g + r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
+        for b in 0..g.n {
+            for oh in 0..g.h_out {
+                let Some(ih) = tap_index(oh, ki, g.stride.0, g.pad.0, g.h) else { continue };
+                let src = ((b * g.c_in + ic) * g.h + ih) * g.w;
+                for ow in 0..g.w_out {
+                    if let Some(iw) = tap_index(ow, kj, g.stride.1, g.pad.1, g.w) {
+                        row[b * p + oh * g.w_out + ow] = x[src + iw];
+                    }
                 }
-            });
+            }
         }
     });
+    col
+}
+
+/// The transpose of [`im2col`]: adds group `gi`'s column matrix back onto the input planes.
+fn col2im(col: &[f64], g: &Conv2dGeom, gi: usize, dx: &mut [f64]) {
+    let cin_g = g.c_in / g.groups;
+    let p = g.h_out * g.w_out;
+    let cols = g.n * p;
+    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(plane, dxp)| {
+        let (b, ic) = (plane / g.c_in, plane % g.c_in);
+        if ic / cin_g != gi {
+            return;
+        }
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &col[(((ic % cin_g) * g.kh + ki) * g.kw + kj) * cols + b * p..][..p];
+                for oh in 0..g.h_out {
+                    let Some(ih) = tap_index(oh, ki, g.stride.0, g.pad.0, g.h) else { continue };
+                    for ow in 0..g.w_out {
+                        if let Some(iw) = tap_index(ow, kj, g.stride.1, g.pad.1, g.w) {
+                            dxp[ih * g.w + iw] += row[oh * g.w_out + ow];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Channels [gi·c_g, (gi+1)·c_g) of an [n, c, p] array as a [c_g, n·p] matrix: the (array,
+/// matrix) offsets of its p-long blocks.
+fn group_blocks(n: usize, c: usize, c_g: usize, p: usize, gi: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..c_g).flat_map(move |cl| (0..n).map(move |b| ((b * c + gi * c_g + cl) * p, (cl * n + b) * p)))
+}
+
+fn group_rows(t: &[f64], n: usize, c: usize, c_g: usize, p: usize, gi: usize) -> Vec<f64> {
+    let mut m = vec![0.0; c_g * n * p];
+    for (ti, mi) in group_blocks(n, c, c_g, p, gi) {
+        m[mi..mi + p].copy_from_slice(&t[ti..ti + p]);
+    }
+    m
+}
+
+/// y = conv(x, w): per group, W_g [c_out/g × K] · im2col [K × n·p].
+fn conv_forward(x: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let (cin_g, cout_g, p) = (g.c_in / g.groups, g.c_out / g.groups, g.h_out * g.w_out);
+    let k = cin_g * g.kh * g.kw;
+    let mut y = vec![0.0; g.n * g.c_out * p];
+    let mut yg = vec![0.0; cout_g * g.n * p];
+    for gi in 0..g.groups {
+        let col = im2col(x, g, gi);
+        dgemm(cout_g, g.n * p, k, &mut yg, false, &w[gi * cout_g * k..], false, &col, false);
+        for (yi, gj) in group_blocks(g.n, g.c_out, cout_g, p, gi) {
+            y[yi..yi + p].copy_from_slice(&yg[gj..gj + p]);
+        }
+    }
     y
 }
 
-/// ∂/∂x of Σ dy·conv(x, w), one task per input plane (b, ic) over the output channels of its group.
-fn conv_backward_data<S: Real>(dy: &[S], w: &[S], g: &Conv2dGeom) -> Vec<S> {
-    let plane = g.h * g.w;
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let mut dx = vec![S::cst(0.0); g.n * g.c_in * plane];
-    dx.par_chunks_mut(plane).enumerate().for_each(|(p, dxp)| {
-        let (b, ic, base) = (p / g.c_in, p % g.c_in, p * plane);
-        for oc in ic / cin_g * cout_g..(ic / cin_g + 1) * cout_g {
-            conv_rows(g, b, oc, ic % cin_g, |y0, x0, wi, len| {
-                let (dyr, xr) = (&dy[y0..y0 + len], &mut dxp[x0 - base..]);
-                if g.stride.1 == 1 {
-                    xr[..len].iter_mut().zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
-                } else {
-                    xr.iter_mut().step_by(g.stride.1).zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
-                }
-            });
-        }
-    });
+/// ∂/∂x of Σ dy·conv(x, w): per group, col2im(W_gᵀ · dy_g).
+fn conv_backward_data(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let (cin_g, cout_g, p) = (g.c_in / g.groups, g.c_out / g.groups, g.h_out * g.w_out);
+    let k = cin_g * g.kh * g.kw;
+    let mut dx = vec![0.0; g.n * g.c_in * g.h * g.w];
+    let mut dcol = vec![0.0; k * g.n * p];
+    for gi in 0..g.groups {
+        let dyg = group_rows(dy, g.n, g.c_out, cout_g, p, gi);
+        dgemm(k, g.n * p, cout_g, &mut dcol, false, &w[gi * cout_g * k..], true, &dyg, false);
+        col2im(&dcol, g, gi, &mut dx);
+    }
     dx
 }
 
-/// Σ a·b over two equal-length slices, in four interleaved partial sums (so it pipelines).
-fn dot4<S: Real>(a: &[S], b: &[S]) -> S {
-    let mut acc = [S::cst(0.0); 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: S = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..4 {
-            acc[l] += x[l] * y[l];
-        }
+/// ∂/∂w of Σ dy·conv(x, w): per group, dy_g · im2colᵀ.
+fn conv_backward_weight(x: &[f64], dy: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let (cin_g, cout_g, p) = (g.c_in / g.groups, g.c_out / g.groups, g.h_out * g.w_out);
+    let k = cin_g * g.kh * g.kw;
+    let mut dw = vec![0.0; g.c_out * k];
+    for gi in 0..g.groups {
+        let (col, dyg) = (im2col(x, g, gi), group_rows(dy, g.n, g.c_out, cout_g, p, gi));
+        dgemm(cout_g, k, g.n * p, &mut dw[gi * cout_g * k..], false, &dyg, false, &col, true);
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-}
-
-/// ∂/∂w of Σ dy·conv(x, w), one task per output channel (its filter).
-fn conv_backward_weight<S: Real>(x: &[S], dy: &[S], g: &Conv2dGeom) -> Vec<S> {
-    let filter = g.c_in / g.groups * g.kh * g.kw;
-    let mut dw = vec![S::cst(0.0); g.c_out * filter];
-    dw.par_chunks_mut(filter).enumerate().for_each(|(oc, dwf)| {
-        for b in 0..g.n {
-            for icl in 0..g.c_in / g.groups {
-                conv_rows(g, b, oc, icl, |y0, x0, wi, len| {
-                    let dyr = &dy[y0..y0 + len];
-                    dwf[wi - oc * filter] += if g.stride.1 == 1 {
-                        dot4(dyr, &x[x0..x0 + len])
-                    } else {
-                        dyr.iter().zip(x[x0..].iter().step_by(g.stride.1)).map(|(&d, &xv)| d * xv).sum::<S>()
-                    };
-                });
-            }
-        }
-    });
     dw
 }
 
@@ -678,7 +737,7 @@ fn forward<S: Real>(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<S>>) -> Re
             matmul_visit(g, |c, ai, bi| out[c] += va[ai] * vb[bi]);
         }
         Op::Conv2d { x, w, g } => {
-            out = conv_forward(v(x), v(w), g);
+            out = S::bilinear(v(x), v(w), |x, w| conv_forward(x, w, g));
         }
         Op::Pool2d { kind, x, g } => {
             let vx = v(x);
@@ -828,8 +887,8 @@ fn backward<S: Real>(op: &Op, y: &Tensor, dy: &[S], vals: &HashMap<TensorId, Vec
             vec![ga.then_some(da), gb.then_some(db)]
         }
         Op::Conv2d { x, w, g } => {
-            let dx = wanted(x).then(|| conv_backward_data(dy, v(w), g));
-            let dw = wanted(w).then(|| conv_backward_weight(v(x), dy, g));
+            let dx = wanted(x).then(|| S::bilinear(dy, v(w), |dy, w| conv_backward_data(dy, w, g)));
+            let dw = wanted(w).then(|| S::bilinear(v(x), dy, |x, dy| conv_backward_weight(x, dy, g)));
             vec![dx, dw]
         }
         Op::Pool2d { kind, x, g } => {
