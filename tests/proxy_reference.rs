@@ -338,14 +338,17 @@ fn a_dead_conv_scores_like_none() {
     }
 }
 
-/// jacob_cov and SP compare the images of a batch: at batch 1 they would be constants.
+/// jacob_cov, nwot and SP compare the images of a batch: at batch 1 they would be constants
+/// (nwot's K is then the unit count, whatever the weights).
 #[test]
 fn pair_proxies_refuse_a_batch_of_one() {
     let ctx = batch(1, 16, 3);
     let cand = candidate("resnet8", 1);
     let build = || cand.build();
-    let err = proxy::by_name("jacob_cov").unwrap().score(&ctx, &build).unwrap_err().to_string();
-    assert!(err.contains("at least 2 images"), "{err}");
+    for p in ["jacob_cov", "nwot"] {
+        let err = proxy::by_name(p).unwrap().score(&ctx, &build).unwrap_err().to_string();
+        assert!(err.contains("at least 2 images"), "{err}");
+    }
     let teacher_net = candidate("resnet8", 2).build().unwrap();
     let teacher = proxy::TeacherView::compute(teacher_net.as_ref(), "resnet8", &ctx.images, &ctx.labels).unwrap();
     let ctx = ScoringContext { teacher: Some(teacher), ..ctx };

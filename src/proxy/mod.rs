@@ -229,7 +229,7 @@ pub(crate) fn require_pairs(proxy: &'static str, ctx: &ScoringContext) -> Result
     if b < 2 {
         invalid_err!(
             proxy,
-            "{proxy} compares the images of the batch with each other, so it needs a batch of at least 2 images \
+            "it compares the images of the batch with each other, so it needs a batch of at least 2 images \
              (got {b}): use --batch 2 or more"
         );
     }

@@ -211,6 +211,8 @@ impl Proxy for Nwot {
         info("nwot", false, "ReLU-module activation patterns, real batch")
     }
     fn score(&self, ctx: &ScoringContext, build: NetFactory) -> Result<ProxyScore> {
+        // One image: K = [number of units], the same for any weights.
+        super::require_pairs("nwot", ctx)?;
         let net = build()?;
         let _g = no_grad();
         let (out, taps) = tap(|| net.forward(&ctx.images));
