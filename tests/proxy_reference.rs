@@ -24,7 +24,7 @@ const DEV: Device = Device::Cpu;
 const CLASSES: usize = 10;
 
 /// (case name, model, weight seed, batch, image side, data seed).
-const CASES: [(&str, &str, u64, usize, usize, u64); 10] = [
+const CASES: [(&str, &str, u64, usize, usize, u64); 11] = [
     ("nb201_all_none", "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", 11, 8, 16, 1),
     (
         "nb201_all_skip",
@@ -69,6 +69,7 @@ const CASES: [(&str, &str, u64, usize, usize, u64); 10] = [
         8,
     ),
     ("resnet8", "resnet8", 19, 8, 32, 9),
+    ("resnet20", "resnet20", 21, 8, 32, 11),
     ("vit", "vit_e48_h3-4-2_r2-4-1.5", 20, 8, 32, 10),
 ];
 
@@ -246,8 +247,8 @@ fn nb201_cells_match_pytorch() {
 }
 
 #[test]
-fn resnet8_matches_pytorch() {
-    compare(&["resnet8"]);
+fn cifar_resnets_match_pytorch() {
+    compare(&["resnet8", "resnet20"]);
 }
 
 #[test]
