@@ -2,7 +2,7 @@
 //! cross-check of two independent implementations), and SynFlow against a closed form and on a
 //! network whose R overflows f32.
 
-use kdscout::autograd::replay_f64::replay_f64;
+use kdscout::autograd::replay_f64::{hessian_vector_f64, replay_f64};
 use kdscout::backend::{InterpMode, PoolKind};
 use kdscout::models::{self, Features, Network};
 use kdscout::nn::{BatchNorm, BatchNormBypass, Linear, Module};
@@ -138,6 +138,45 @@ fn replay_of_every_op_matches_the_engine() {
     let p: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
     let loss = every_op_graph(&p, &x, &stats).unwrap();
     check_replay(&loss, &params, 1e-4);
+}
+
+/// The dual-number replay's H·v on the every-op graph: a Hessian is symmetric, so u·(H v) must
+/// equal v·(H u) for random directions (a wrong derivative in any rule's backward breaks this),
+/// H·v is linear in v, and the value parts are replay_f64's gradients.
+#[test]
+fn hessian_vector_products_of_every_op_are_symmetric_and_linear() {
+    let mut rng = Rng::seed(15);
+    let shapes: [&[usize]; 12] =
+        [&[6, 3, 3, 3], &[6], &[6], &[6], &[6, 1, 3, 3], &[4, 3, 3, 1], &[12], &[12], &[12, 12], &[5, 12], &[5], &[6]];
+    let leaves: Vec<Tensor> =
+        shapes.iter().map(|d| Tensor::randn(*d, 0.0, 0.4, &mut rng, DEV).unwrap().requires_grad_()).collect();
+    let x = Tensor::randn([2, 3, 8, 8], 0.0, 1.0, &mut Rng::seed(16), DEV).unwrap();
+    let stats = [Tensor::zeros([6], DEV).unwrap(), Tensor::ones([6], DEV).unwrap()];
+    let loss = every_op_graph(&leaves, &x, &stats).unwrap();
+    let mut direction =
+        || -> Vec<Vec<f64>> { leaves.iter().map(|l| (0..l.numel()).map(|_| rng.normal() as f64).collect()).collect() };
+    let (u, v) = (direction(), direction());
+    let (hu, hv) = (hessian_vector_f64(&loss, &leaves, &u).unwrap(), hessian_vector_f64(&loss, &leaves, &v).unwrap());
+    let dot =
+        |a: &[Vec<f64>], b: &[Vec<f64>]| a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| x * y).sum::<f64>();
+    let (u_hv, v_hu) = (dot(&u, &hv.hvp), dot(&v, &hu.hvp));
+    assert!(u_hv.abs() > 1e-3, "the check would be empty: u·Hv = {u_hv}");
+    close(u_hv, v_hu, 1e-9, "u·(H v) vs v·(H u)");
+
+    let mix: Vec<Vec<f64>> =
+        u.iter().zip(&v).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a + 2.0 * b).collect()).collect();
+    let hmix = hessian_vector_f64(&loss, &leaves, &mix).unwrap();
+    let flat = |h: &[Vec<f64>]| h.iter().flatten().copied().collect::<Vec<f64>>();
+    let scale = flat(&hmix.hvp).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for ((m, a), b) in flat(&hmix.hvp).iter().zip(flat(&hu.hvp)).zip(flat(&hv.hvp)) {
+        assert!((m - (a + 2.0 * b)).abs() <= 1e-10 * scale, "H(u + 2v) = {m} vs Hu + 2Hv = {}", a + 2.0 * b);
+    }
+
+    let plain = replay_f64(&loss, &leaves).unwrap();
+    close(hu.root, plain.root, 1e-14, "root value");
+    for (g, d) in plain.grads.iter().flatten().zip(hu.grads.iter().flatten()) {
+        assert!((g - d).abs() <= 1e-12 * g.abs().max(1e-6), "gradient {g} vs the dual replay's {d}");
+    }
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //! gradients pays nothing. `backward` walks the graph in reverse topological order and applies
 //! one short rule per primitive, all in the table in `backward_rule`. First order only: the
 //! rules run with recording off (DistPro's second-order term is a finite difference by design).
+//! Exact second-order products (GraSP's H·g) come from the f64 replay of the recorded graph in
+//! dual numbers, `replay_f64::hessian_vector_f64`.
 
+pub mod real;
 pub mod replay_f64;
 
 use std::cell::Cell;
@@ -208,6 +211,25 @@ impl Grads {
                 ),
             )
         })
+    }
+    /// The gradient of a parameter, or zeros of its shape when it did not reach the loss (a conv
+    /// on a NAS cell's edge that leads nowhere): PyTorch's `allow_unused=True` gradient as
+    /// zero-cost-nas reads it. Only for parameters, whose "unused" means "zero sensitivity"; a
+    /// tensor that does not require grad was never tracked, which stays an error.
+    pub fn of_param_or_zeros(&self, param: &Tensor) -> Result<Tensor> {
+        if !param.requires_grad() {
+            return Err(Error::invalid(
+                "grad",
+                format!(
+                    "tensor of shape {} does not require grad: call requires_grad_() before the forward",
+                    param.shape()
+                ),
+            ));
+        }
+        match self.get(param) {
+            Some(g) => Ok(g.clone()),
+            None => Tensor::zeros(param.shape().clone(), param.device()),
+        }
     }
     pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
         self.0.remove(&t.id())

@@ -6,14 +6,20 @@
 //!
 //! Leaves are read from their tensors when the replay runs (f32 widened to f64, which is exact):
 //! parameters, buffers, inputs, and any untracked tensor an op consumed. Every rule here is a
-//! naive loop written from the PyTorch definition of the op, independently of the f32 kernels,
-//! so a replay of a network in the f32 range also cross-checks the engine end to end.
+//! naive loop written from the PyTorch definition of the op, independently of the f32 kernels
+//! (convolutions are im2col + an f64 GEMM of the gemm crate), so a replay of a network in the f32
+//! range also cross-checks the engine end to end.
+//!
+//! The rules are generic over the scalar ([`Real`]): in plain f64 they give the gradient; in dual
+//! numbers, with the leaves moving in a direction v, they give the gradient and the exact
+//! Hessian-vector product H·v at once ([`hessian_vector_f64`], GraSP's double backward).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
+use super::real::{Dual, Real};
 use super::{topological_order, Op};
 use crate::backend::{
     BinaryOp, Conv2dGeom, DimGeom, InterpMode, MatmulGeom, NormGeom, Pool2dGeom, PoolKind, ResizeGeom, UnaryOp,
@@ -33,6 +39,39 @@ pub struct F64Replay {
 /// Replays the graph that produced the scalar `root` in f64: its value, and ∂root/∂leaf for
 /// each of `leaves` (tensors that require a gradient). Errors name the op a rule cannot replay.
 pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
+    let (root, grads) = replay::<f64>(root, leaves, &[])?;
+    Ok(F64Replay { root, grads })
+}
+
+/// [`replay_f64`] plus the Hessian-vector product: `hvp[i]` = Σ_j ∂²root/∂leaf_i∂leaf_j · v_j,
+/// exact to f64 rounding (forward-over-reverse with dual numbers, see [`super::real`]). It is
+/// what PyTorch's double backward `autograd.grad(Σ_j v_j·grad_j, leaf_i)` computes: ReLU masks
+/// and max-pooling choices count as locally constant.
+#[derive(Clone, Debug)]
+pub struct HvpReplay {
+    pub root: f64,
+    pub grads: Vec<Vec<f64>>,
+    pub hvp: Vec<Vec<f64>>,
+}
+
+/// The gradients and H·v of the scalar `root` w.r.t. `leaves`, for a direction `v` with one
+/// entry per leaf (each of the leaf's length).
+pub fn hessian_vector_f64(root: &Tensor, leaves: &[Tensor], v: &[Vec<f64>]) -> Result<HvpReplay> {
+    if v.len() != leaves.len() || leaves.iter().zip(v).any(|(l, v)| l.numel() != v.len()) {
+        return Err(Error::shape(
+            "hessian_vector_f64",
+            format!("the direction must have one entry per leaf, each of the leaf's length ({} leaves)", leaves.len()),
+        ));
+    }
+    let (root, grads) = replay::<Dual>(root, leaves, v)?;
+    let (grads, hvp): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+        grads.into_iter().map(|g| g.into_iter().map(|d| (d.re, d.du)).unzip()).unzip();
+    Ok(HvpReplay { root: root.re, grads, hvp })
+}
+
+/// The replay itself: leaf `leaves[i]` enters as `value + tangents[i]·ε` when tangents are given
+/// (the dual scalar), every other tensor as its value.
+fn replay<S: Real>(root: &Tensor, leaves: &[Tensor], tangents: &[Vec<f64>]) -> Result<(S, Vec<Vec<S>>)> {
     if root.numel() != 1 {
         return Err(Error::shape("replay_f64", format!("the root must have one element, got shape {}", root.shape())));
     }
@@ -42,8 +81,16 @@ pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
             "the root was not recorded: run the forward with gradients on and a parameter that requires grad",
         ));
     }
+    let tangent: HashMap<TensorId, &[f64]> = leaves.iter().zip(tangents).map(|(t, v)| (t.id(), v.as_slice())).collect();
+    let widen = |t: &Tensor| -> Result<Vec<S>> {
+        let v = t.to_vec()?;
+        Ok(match tangent.get(&t.id()) {
+            Some(d) => v.into_iter().zip(d.iter()).map(|(x, &d)| S::seed(x as f64, d)).collect(),
+            None => v.into_iter().map(|x| S::cst(x as f64)).collect(),
+        })
+    };
     let order = topological_order(root);
-    let mut vals: HashMap<TensorId, Vec<f64>> = HashMap::new();
+    let mut vals: HashMap<TensorId, Vec<S>> = HashMap::new();
     for node in &order {
         let v = match node.op() {
             None => widen(node)?,
@@ -63,8 +110,8 @@ pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
     let root_value = vals[&root.id()][0];
 
     let keep: HashSet<TensorId> = leaves.iter().map(|t| t.id()).collect();
-    let mut grads: HashMap<TensorId, Vec<f64>> = HashMap::new();
-    grads.insert(root.id(), vec![1.0]);
+    let mut grads: HashMap<TensorId, Vec<S>> = HashMap::new();
+    grads.insert(root.id(), vec![S::cst(1.0)]);
     for node in order.iter().rev() {
         let Some(op) = node.op() else { continue };
         let Some(dy) = grads.remove(&node.id()) else { continue };
@@ -78,19 +125,16 @@ pub fn replay_f64(root: &Tensor, leaves: &[Tensor]) -> Result<F64Replay> {
                 continue;
             }
             match grads.entry(input.id()) {
-                Entry::Occupied(mut e) => e.get_mut().iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                Entry::Occupied(mut e) => e.get_mut().iter_mut().zip(g).for_each(|(a, b)| *a += b),
                 Entry::Vacant(e) => {
                     e.insert(g);
                 }
             }
         }
     }
-    let grads = leaves.iter().map(|t| grads.get(&t.id()).cloned().unwrap_or_else(|| vec![0.0; t.numel()])).collect();
-    Ok(F64Replay { root: root_value, grads })
-}
-
-fn widen(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_vec()?.into_iter().map(f64::from).collect())
+    let grads =
+        leaves.iter().map(|t| grads.get(&t.id()).cloned().unwrap_or_else(|| vec![S::cst(0.0); t.numel()])).collect();
+    Ok((root_value, grads))
 }
 
 fn unsupported(what: &str) -> Error {
@@ -162,36 +206,45 @@ fn sum_geom(x: &Tensor, y: &Tensor) -> Option<DimGeom> {
 
 // ---------------------------------------------------------------------------- elementwise
 
-fn softplus(x: f64) -> f64 {
-    if x > 20.0 {
+fn softplus<S: Real>(x: S) -> S {
+    if x.re() > 20.0 {
         x
     } else {
         x.exp().ln_1p()
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
+fn sigmoid<S: Real>(x: S) -> S {
+    S::cst(1.0) / (S::cst(1.0) + (-x).exp())
 }
 
-fn unary_value(op: UnaryOp, x: f64) -> Result<f64> {
+fn unary_value<S: Real>(op: UnaryOp, x: S) -> Result<S> {
+    let zero = S::cst(0.0);
     Ok(match op {
         UnaryOp::Relu => {
-            if x < 0.0 {
-                0.0
+            if x.re() < 0.0 {
+                zero
             } else {
                 x
             }
         }
-        UnaryOp::Relu6 => x.clamp(0.0, 6.0),
+        UnaryOp::Relu6 => {
+            if x.re() < 0.0 {
+                zero
+            } else if x.re() > 6.0 {
+                S::cst(6.0)
+            } else {
+                x
+            }
+        }
         UnaryOp::LeakyRelu(s) => {
-            if x > 0.0 {
+            if x.re() > 0.0 {
                 x
             } else {
-                s as f64 * x
+                x.sc(s as f64)
             }
         }
-        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        UnaryOp::Gelu => (x * (S::cst(1.0) + x.sc(std::f64::consts::FRAC_1_SQRT_2).erf())).sc(0.5),
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Mish => x * softplus(x).tanh(),
@@ -200,57 +253,56 @@ fn unary_value(op: UnaryOp, x: f64) -> Result<f64> {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Pow(p) => x.powf(p as f64),
         UnaryOp::Abs => x.abs(),
-        UnaryOp::Affine { mul, add } => x * mul as f64 + add as f64,
-        UnaryOp::ClampMin(lo) => x.max(lo as f64),
+        UnaryOp::Affine { mul, add } => x.sc(mul as f64) + S::cst(add as f64),
+        UnaryOp::ClampMin(lo) => {
+            if x.re() < lo as f64 {
+                S::cst(lo as f64)
+            } else {
+                x
+            }
+        }
         #[allow(unreachable_patterns)]
         other => return Err(unsupported(&format!("unary op {other:?}"))),
     })
 }
 
 /// d op(x)/dx at x (y = op(x)).
-fn unary_slope(op: UnaryOp, x: f64, y: f64) -> Result<f64> {
+fn unary_slope<S: Real>(op: UnaryOp, x: S, y: S) -> Result<S> {
+    let step = |on: bool| S::cst(on as u8 as f64);
     Ok(match op {
-        UnaryOp::Relu => (x > 0.0) as u8 as f64,
-        UnaryOp::Relu6 => (x > 0.0 && x < 6.0) as u8 as f64,
-        UnaryOp::LeakyRelu(s) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                s as f64
-            }
-        }
+        UnaryOp::Relu => step(x.re() > 0.0),
+        UnaryOp::Relu6 => step(x.re() > 0.0 && x.re() < 6.0),
+        UnaryOp::LeakyRelu(s) => S::cst(if x.re() > 0.0 { 1.0 } else { s as f64 }),
         UnaryOp::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let cdf = (S::cst(1.0) + x.sc(std::f64::consts::FRAC_1_SQRT_2).erf()).sc(0.5);
+            let pdf = (x * x).sc(-0.5).exp().sc(1.0 / (2.0 * std::f64::consts::PI).sqrt());
             cdf + x * pdf
         }
-        UnaryOp::Sigmoid => y * (1.0 - y),
-        UnaryOp::Tanh => 1.0 - y * y,
+        UnaryOp::Sigmoid => y * (S::cst(1.0) - y),
+        UnaryOp::Tanh => S::cst(1.0) - y * y,
         UnaryOp::Mish => {
             let t = softplus(x).tanh();
-            t + x * (1.0 - t * t) * sigmoid(x)
+            t + x * (S::cst(1.0) - t * t) * sigmoid(x)
         }
         UnaryOp::Exp => y,
-        UnaryOp::Log => 1.0 / x,
-        UnaryOp::Sqrt => 0.5 / y,
-        UnaryOp::Pow(p) => p as f64 * x.powf(p as f64 - 1.0),
-        UnaryOp::Abs => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }
-        UnaryOp::Affine { mul, .. } => mul as f64,
-        UnaryOp::ClampMin(lo) => (x > lo as f64) as u8 as f64,
+        UnaryOp::Log => S::cst(1.0) / x,
+        UnaryOp::Sqrt => S::cst(0.5) / y,
+        UnaryOp::Pow(p) => x.powf(p as f64 - 1.0).sc(p as f64),
+        UnaryOp::Abs => S::cst(if x.re() > 0.0 {
+            1.0
+        } else if x.re() < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }),
+        UnaryOp::Affine { mul, .. } => S::cst(mul as f64),
+        UnaryOp::ClampMin(lo) => step(x.re() > lo as f64),
         #[allow(unreachable_patterns)]
         other => return Err(unsupported(&format!("unary op {other:?}"))),
     })
 }
 
-fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
+fn binary_value<S: Real>(op: BinaryOp, a: S, b: S) -> S {
     match op {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
@@ -260,15 +312,15 @@ fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
 }
 
 /// (∂/∂a, ∂/∂b) of a∘b.
-fn binary_slopes(op: BinaryOp, a: f64, b: f64) -> (f64, f64) {
+fn binary_slopes<S: Real>(op: BinaryOp, a: S, b: S) -> (S, S) {
+    let one = S::cst(1.0);
     match op {
-        BinaryOp::Add => (1.0, 1.0),
-        BinaryOp::Sub => (1.0, -1.0),
+        BinaryOp::Add => (one, one),
+        BinaryOp::Sub => (one, -one),
         BinaryOp::Mul => (b, a),
-        BinaryOp::Div => (1.0 / b, -a / (b * b)),
+        BinaryOp::Div => (one / b, -a / (b * b)),
     }
 }
-
 // ---------------------------------------------------------------------------- matmul, conv
 
 /// Calls f(c, a, b) with the flat indices of C[b,i,j], op(A)[b,i,p] and op(B)[b,p,j] for every
@@ -290,106 +342,164 @@ fn matmul_visit(g: &MatmulGeom, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
-/// The outputs o (along one axis) whose tap k reads inside the input: 0 ≤ o·stride + k − pad < input.
-fn valid_outputs(out: usize, input: usize, k: usize, stride: usize, pad: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(k).div_ceil(stride);
-    let hi = if input + pad > k { ((input + pad - k - 1) / stride + 1).min(out) } else { 0 };
-    (lo, hi.max(lo))
-}
-
-/// The terms of a grouped, strided, zero-padded convolution (PyTorch's cross-correlation) that
-/// join output channel `oc` of image `b` to its input channel `icl` (within the group), one
-/// output row at a time: f(y0, x0, wi, len) stands for y[y0 + t] += w[wi]·x[x0 + t·stride_w],
-/// t < len (flat indices into y, x and w).
-fn conv_rows(g: &Conv2dGeom, b: usize, oc: usize, icl: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-    let cin_g = g.c_in / g.groups;
-    let ic = oc / (g.c_out / g.groups) * cin_g + icl;
-    for ki in 0..g.kh {
-        let (h0, h1) = valid_outputs(g.h_out, g.h, ki, g.stride.0, g.pad.0);
-        for kj in 0..g.kw {
-            let (w0, w1) = valid_outputs(g.w_out, g.w, kj, g.stride.1, g.pad.1);
-            let wi = ((oc * cin_g + icl) * g.kh + ki) * g.kw + kj;
-            for oh in h0..h1 {
-                let (ih, iw) = (oh * g.stride.0 + ki - g.pad.0, w0 * g.stride.1 + kj - g.pad.1);
-                let y0 = ((b * g.c_out + oc) * g.h_out + oh) * g.w_out + w0;
-                f(y0, ((b * g.c_in + ic) * g.h + ih) * g.w + iw, wi, w1 - w0);
-            }
+/// Row-major dst[m×n] (+)= a·b, with a [m×k] (stored [k×m] when `a_t`) and b [k×n] (stored
+/// [n×k] when `b_t`), in f64 through the gemm crate.
+#[allow(clippy::too_many_arguments)]
+fn dgemm(m: usize, n: usize, k: usize, dst: &mut [f64], accumulate: bool, a: &[f64], a_t: bool, b: &[f64], b_t: bool) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "dgemm operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
         }
+        return;
+    }
+    let (a_rs, a_cs) = if a_t { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+    // Small products on one thread: rayon's fork/join costs more than it saves.
+    let par = if 2 * m * n * k < 1 << 21 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    };
+    // SAFETY: the assert above puts every element of the three views (a: m×k, b: k×n, dst: m×n,
+    // row-major or transposed as the strides say) inside its slice; dst is borrowed mutably, so
+    // it aliases neither operand, and no other thread sees it during the call.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
     }
 }
 
-/// y = conv(x, w), one task per output plane (b, oc).
-fn conv_forward(x: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
-    let plane = g.h_out * g.w_out;
-    let mut y = vec![0.0; g.n * g.c_out * plane];
-    y.par_chunks_mut(plane).enumerate().for_each(|(p, yp)| {
-        let base = p * plane;
-        for icl in 0..g.c_in / g.groups {
-            conv_rows(g, p / g.c_out, p % g.c_out, icl, |y0, x0, wi, len| {
-                let yr = &mut yp[y0 - base..y0 - base + len];
-                if g.stride.1 == 1 {
-                    yr.iter_mut().zip(&x[x0..x0 + len]).for_each(|(o, &xv)| *o += w[wi] * xv);
-                } else {
-                    yr.iter_mut().zip(x[x0..].iter().step_by(g.stride.1)).for_each(|(o, &xv)| *o += w[wi] * xv);
+/// Input row of output row `o` and tap `k` (None in the padding), along one axis.
+fn tap_index(o: usize, k: usize, stride: usize, pad: usize, input: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(pad).filter(|&i| i < input)
+}
+
+/// Group `gi`'s im2col matrix of an [n, c_in, h, w] input: row (icl, ki, kj), column (b, oh, ow),
+/// zero where the tap falls in the padding (PyTorch's cross-correlation).
+fn im2col(x: &[f64], g: &Conv2dGeom, gi: usize) -> Vec<f64> {
+    let cin_g = g.c_in / g.groups;
+    let p = g.h_out * g.w_out;
+    let cols = g.n * p;
+    let mut col = vec![0.0; cin_g * g.kh * g.kw * cols];
+    col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        let (ic, ki, kj) = (gi * cin_g + r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
+        for b in 0..g.n {
+            for oh in 0..g.h_out {
+                let Some(ih) = tap_index(oh, ki, g.stride.0, g.pad.0, g.h) else { continue };
+                let src = ((b * g.c_in + ic) * g.h + ih) * g.w;
+                for ow in 0..g.w_out {
+                    if let Some(iw) = tap_index(ow, kj, g.stride.1, g.pad.1, g.w) {
+                        row[b * p + oh * g.w_out + ow] = x[src + iw];
+                    }
                 }
-            });
+            }
         }
     });
+    col
+}
+
+/// The transpose of [`im2col`]: adds group `gi`'s column matrix back onto the input planes.
+fn col2im(col: &[f64], g: &Conv2dGeom, gi: usize, dx: &mut [f64]) {
+    let cin_g = g.c_in / g.groups;
+    let p = g.h_out * g.w_out;
+    let cols = g.n * p;
+    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(plane, dxp)| {
+        let (b, ic) = (plane / g.c_in, plane % g.c_in);
+        if ic / cin_g != gi {
+            return;
+        }
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &col[(((ic % cin_g) * g.kh + ki) * g.kw + kj) * cols + b * p..][..p];
+                for oh in 0..g.h_out {
+                    let Some(ih) = tap_index(oh, ki, g.stride.0, g.pad.0, g.h) else { continue };
+                    for ow in 0..g.w_out {
+                        if let Some(iw) = tap_index(ow, kj, g.stride.1, g.pad.1, g.w) {
+                            dxp[ih * g.w + iw] += row[oh * g.w_out + ow];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Channels [gi·c_g, (gi+1)·c_g) of an [n, c, p] array as a [c_g, n·p] matrix: the (array,
+/// matrix) offsets of its p-long blocks.
+fn group_blocks(n: usize, c: usize, c_g: usize, p: usize, gi: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..c_g).flat_map(move |cl| (0..n).map(move |b| ((b * c + gi * c_g + cl) * p, (cl * n + b) * p)))
+}
+
+fn group_rows(t: &[f64], n: usize, c: usize, c_g: usize, p: usize, gi: usize) -> Vec<f64> {
+    let mut m = vec![0.0; c_g * n * p];
+    for (ti, mi) in group_blocks(n, c, c_g, p, gi) {
+        m[mi..mi + p].copy_from_slice(&t[ti..ti + p]);
+    }
+    m
+}
+
+/// y = conv(x, w): per group, W_g [c_out/g × K] · im2col [K × n·p].
+fn conv_forward(x: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
+    let (cin_g, cout_g, p) = (g.c_in / g.groups, g.c_out / g.groups, g.h_out * g.w_out);
+    let k = cin_g * g.kh * g.kw;
+    let mut y = vec![0.0; g.n * g.c_out * p];
+    let mut yg = vec![0.0; cout_g * g.n * p];
+    for gi in 0..g.groups {
+        let col = im2col(x, g, gi);
+        dgemm(cout_g, g.n * p, k, &mut yg, false, &w[gi * cout_g * k..], false, &col, false);
+        for (yi, gj) in group_blocks(g.n, g.c_out, cout_g, p, gi) {
+            y[yi..yi + p].copy_from_slice(&yg[gj..gj + p]);
+        }
+    }
     y
 }
 
-/// ∂/∂x of Σ dy·conv(x, w), one task per input plane (b, ic) over the output channels of its group.
+/// ∂/∂x of Σ dy·conv(x, w): per group, col2im(W_gᵀ · dy_g).
 fn conv_backward_data(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
-    let plane = g.h * g.w;
-    let (cin_g, cout_g) = (g.c_in / g.groups, g.c_out / g.groups);
-    let mut dx = vec![0.0; g.n * g.c_in * plane];
-    dx.par_chunks_mut(plane).enumerate().for_each(|(p, dxp)| {
-        let (b, ic, base) = (p / g.c_in, p % g.c_in, p * plane);
-        for oc in ic / cin_g * cout_g..(ic / cin_g + 1) * cout_g {
-            conv_rows(g, b, oc, ic % cin_g, |y0, x0, wi, len| {
-                let (dyr, xr) = (&dy[y0..y0 + len], &mut dxp[x0 - base..]);
-                if g.stride.1 == 1 {
-                    xr[..len].iter_mut().zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
-                } else {
-                    xr.iter_mut().step_by(g.stride.1).zip(dyr).for_each(|(o, &d)| *o += w[wi] * d);
-                }
-            });
-        }
-    });
+    let (cin_g, cout_g, p) = (g.c_in / g.groups, g.c_out / g.groups, g.h_out * g.w_out);
+    let k = cin_g * g.kh * g.kw;
+    let mut dx = vec![0.0; g.n * g.c_in * g.h * g.w];
+    let mut dcol = vec![0.0; k * g.n * p];
+    for gi in 0..g.groups {
+        let dyg = group_rows(dy, g.n, g.c_out, cout_g, p, gi);
+        dgemm(k, g.n * p, cout_g, &mut dcol, false, &w[gi * cout_g * k..], true, &dyg, false);
+        col2im(&dcol, g, gi, &mut dx);
+    }
     dx
 }
 
-/// Σ a·b over two equal-length slices, in four interleaved partial sums (so it pipelines).
-fn dot4(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..4 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-}
-
-/// ∂/∂w of Σ dy·conv(x, w), one task per output channel (its filter).
+/// ∂/∂w of Σ dy·conv(x, w): per group, dy_g · im2colᵀ.
 fn conv_backward_weight(x: &[f64], dy: &[f64], g: &Conv2dGeom) -> Vec<f64> {
-    let filter = g.c_in / g.groups * g.kh * g.kw;
-    let mut dw = vec![0.0; g.c_out * filter];
-    dw.par_chunks_mut(filter).enumerate().for_each(|(oc, dwf)| {
-        for b in 0..g.n {
-            for icl in 0..g.c_in / g.groups {
-                conv_rows(g, b, oc, icl, |y0, x0, wi, len| {
-                    let dyr = &dy[y0..y0 + len];
-                    dwf[wi - oc * filter] += if g.stride.1 == 1 {
-                        dot4(dyr, &x[x0..x0 + len])
-                    } else {
-                        dyr.iter().zip(x[x0..].iter().step_by(g.stride.1)).map(|(d, xv)| d * xv).sum::<f64>()
-                    };
-                });
-            }
-        }
-    });
+    let (cin_g, cout_g, p) = (g.c_in / g.groups, g.c_out / g.groups, g.h_out * g.w_out);
+    let k = cin_g * g.kh * g.kw;
+    let mut dw = vec![0.0; g.c_out * k];
+    for gi in 0..g.groups {
+        let (col, dyg) = (im2col(x, g, gi), group_rows(dy, g.n, g.c_out, cout_g, p, gi));
+        dgemm(cout_g, k, g.n * p, &mut dw[gi * cout_g * k..], false, &dyg, false, &col, true);
+    }
     dw
 }
 
@@ -429,11 +539,11 @@ fn pool_visit(kind: PoolKind, g: &Pool2dGeom, mut f: impl FnMut(usize, &[usize],
 }
 
 /// First maximum (NaN wins, as in PyTorch); None for an empty window.
-fn argmax(x: &[f64], idx: impl Iterator<Item = usize>) -> Option<usize> {
+fn argmax<S: Real>(x: &[S], idx: impl Iterator<Item = usize>) -> Option<usize> {
     let mut best: Option<usize> = None;
     for i in idx {
         match best {
-            Some(b) if !(x[i] > x[b] || (x[i].is_nan() && !x[b].is_nan())) => {}
+            Some(b) if !(x[i].re() > x[b].re() || (x[i].re().is_nan() && !x[b].re().is_nan())) => {}
             _ => best = Some(i),
         }
     }
@@ -496,14 +606,14 @@ fn resize_visit(g: &ResizeGeom, interp: Option<InterpMode>, mut f: impl FnMut(us
 // ---------------------------------------------------------------------------- normalisation
 
 /// x̂ and 1/sqrt(biased var + eps) per group, where `groups` lists each group's flat indices.
-fn standardise(x: &[f64], groups: &[Vec<usize>], eps: f64) -> (Vec<f64>, Vec<f64>) {
-    let mut xhat = vec![0.0; x.len()];
+fn standardise<S: Real>(x: &[S], groups: &[Vec<usize>], eps: f64) -> (Vec<S>, Vec<S>) {
+    let mut xhat = vec![S::cst(0.0); x.len()];
     let mut invstd = Vec::with_capacity(groups.len());
     for idx in groups {
         let m = idx.len() as f64;
-        let mean = idx.iter().map(|&i| x[i]).sum::<f64>() / m;
-        let var = idx.iter().map(|&i| (x[i] - mean).powi(2)).sum::<f64>() / m;
-        let inv = 1.0 / (var + eps).sqrt();
+        let mean = idx.iter().map(|&i| x[i]).sum::<S>().sc(1.0 / m);
+        let var = idx.iter().map(|&i| (x[i] - mean) * (x[i] - mean)).sum::<S>().sc(1.0 / m);
+        let inv = S::cst(1.0) / (var + S::cst(eps)).sqrt();
         for &i in idx {
             xhat[i] = (x[i] - mean) * inv;
         }
@@ -530,26 +640,27 @@ fn affine_index(g: &NormGeom, batch: bool, i: usize) -> usize {
     }
 }
 
-fn norm_forward(x: &[f64], gamma: &[f64], beta: &[f64], g: &NormGeom, batch: bool) -> Vec<f64> {
+fn norm_forward<S: Real>(x: &[S], gamma: &[S], beta: &[S], g: &NormGeom, batch: bool) -> Vec<S> {
     let (xhat, _) = standardise(x, &norm_groups(g, batch), g.eps as f64);
     xhat.iter()
         .enumerate()
-        .map(|(i, v)| v * gamma[affine_index(g, batch, i)] + beta[affine_index(g, batch, i)])
+        .map(|(i, &v)| v * gamma[affine_index(g, batch, i)] + beta[affine_index(g, batch, i)])
         .collect()
 }
 
 /// (dx, dγ, dβ): per group, dx = invstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = dy·γ.
-fn norm_backward(x: &[f64], dy: &[f64], gamma: &[f64], g: &NormGeom, batch: bool) -> [Vec<f64>; 3] {
+fn norm_backward<S: Real>(x: &[S], dy: &[S], gamma: &[S], g: &NormGeom, batch: bool) -> [Vec<S>; 3] {
     let groups = norm_groups(g, batch);
     let (xhat, invstd) = standardise(x, &groups, g.eps as f64);
-    let mut dx = vec![0.0; x.len()];
-    let mut dgamma = vec![0.0; gamma.len()];
-    let mut dbeta = vec![0.0; gamma.len()];
+    let zero = S::cst(0.0);
+    let mut dx = vec![zero; x.len()];
+    let mut dgamma = vec![zero; gamma.len()];
+    let mut dbeta = vec![zero; gamma.len()];
     for (idx, inv) in groups.iter().zip(invstd) {
         let m = idx.len() as f64;
         let gh = |i: usize| dy[i] * gamma[affine_index(g, batch, i)];
-        let mean_g = idx.iter().map(|&i| gh(i)).sum::<f64>() / m;
-        let mean_gx = idx.iter().map(|&i| gh(i) * xhat[i]).sum::<f64>() / m;
+        let mean_g = idx.iter().map(|&i| gh(i)).sum::<S>().sc(1.0 / m);
+        let mean_gx = idx.iter().map(|&i| gh(i) * xhat[i]).sum::<S>().sc(1.0 / m);
         for &i in idx {
             dx[i] = inv * (gh(i) - mean_g - xhat[i] * mean_gx);
             dgamma[affine_index(g, batch, i)] += dy[i] * xhat[i];
@@ -560,13 +671,14 @@ fn norm_backward(x: &[f64], dy: &[f64], gamma: &[f64], g: &NormGeom, batch: bool
 }
 
 /// Softmax or log-softmax of every line of an [outer, len, inner] view.
-fn softmax_lines(x: &[f64], g: DimGeom, log: bool) -> Vec<f64> {
-    let mut y = vec![0.0; x.len()];
+fn softmax_lines<S: Real>(x: &[S], g: DimGeom, log: bool) -> Vec<S> {
+    let mut y = vec![S::cst(0.0); x.len()];
     for o in 0..g.outer {
         for i in 0..g.inner {
             let idx = || (0..g.len).map(|k| line(g, o, k, i));
-            let m = idx().map(|j| x[j]).fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = idx().map(|j| (x[j] - m).exp()).sum();
+            // The shift cancels in the result, so a constant one is exact for the derivative too.
+            let m = S::cst(idx().map(|j| x[j].re()).fold(f64::NEG_INFINITY, f64::max));
+            let s: S = idx().map(|j| (x[j] - m).exp()).sum();
             for j in idx() {
                 y[j] = if log { x[j] - m - s.ln() } else { (x[j] - m).exp() / s };
             }
@@ -577,9 +689,10 @@ fn softmax_lines(x: &[f64], g: DimGeom, log: bool) -> Vec<f64> {
 
 // ---------------------------------------------------------------------------- the rules
 
-fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Vec<f64>> {
-    let v = |t: &Tensor| -> &[f64] { &vals[&t.id()] };
-    let mut out = vec![0.0; y.numel()];
+fn forward<S: Real>(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<S>>) -> Result<Vec<S>> {
+    let v = |t: &Tensor| -> &[S] { &vals[&t.id()] };
+    let zero = S::cst(0.0);
+    let mut out = vec![zero; y.numel()];
     match op {
         Op::Unary { op, x } => {
             for (o, &a) in out.iter_mut().zip(v(x)) {
@@ -624,30 +737,30 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
             matmul_visit(g, |c, ai, bi| out[c] += va[ai] * vb[bi]);
         }
         Op::Conv2d { x, w, g } => {
-            out = conv_forward(v(x), v(w), g);
+            out = S::bilinear(v(x), v(w), |x, w| conv_forward(x, w, g));
         }
         Op::Pool2d { kind, x, g } => {
             let vx = v(x);
             pool_visit(*kind, g, |o, window, divisor| {
                 out[o] = match kind {
-                    PoolKind::Max => argmax(vx, window.iter().copied()).map_or(f64::NEG_INFINITY, |i| vx[i]),
-                    PoolKind::Avg { .. } if divisor == 0.0 => 0.0,
-                    PoolKind::Avg { .. } => window.iter().map(|&i| vx[i]).sum::<f64>() / divisor,
+                    PoolKind::Max => argmax(vx, window.iter().copied()).map_or(S::cst(f64::NEG_INFINITY), |i| vx[i]),
+                    PoolKind::Avg { .. } if divisor == 0.0 => zero,
+                    PoolKind::Avg { .. } => window.iter().map(|&i| vx[i]).sum::<S>().sc(1.0 / divisor),
                 }
             });
         }
         Op::AdaptiveAvgPool2d { x, g } => {
             let vx = v(x);
-            resize_visit(g, None, |o, i, wt| out[o] += wt * vx[i]);
+            resize_visit(g, None, |o, i, wt| out[o] += vx[i].sc(wt));
         }
         Op::Interpolate { mode, x, g } => {
             let vx = v(x);
-            resize_visit(g, Some(*mode), |o, i, wt| out[o] += wt * vx[i]);
+            resize_visit(g, Some(*mode), |o, i, wt| out[o] += vx[i].sc(wt));
         }
         Op::BatchNormTrain { x, gamma, beta, relu, g, .. } => {
             out = norm_forward(v(x), v(gamma), v(beta), g, true);
             if *relu {
-                out.iter_mut().filter(|o| **o < 0.0).for_each(|o| *o = 0.0);
+                out.iter_mut().filter(|o| o.re() < 0.0).for_each(|o| *o = zero);
             }
         }
         Op::LayerNorm { x, gamma, beta, g, .. } => out = norm_forward(v(x), v(gamma), v(beta), g, false),
@@ -655,13 +768,16 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
         Op::CrossEntropy { logits, labels } => {
             let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
             let lp = softmax_lines(v(logits), DimGeom { outer: rows, len: classes, inner: 1 }, true);
-            out[0] = -(0..rows).map(|r| lp[r * classes + labels[r] as usize]).sum::<f64>() / rows as f64;
+            out[0] = -(0..rows).map(|r| lp[r * classes + labels[r] as usize]).sum::<S>().sc(1.0 / rows as f64);
         }
         Op::KlDiv { log_q, p } => {
             let rows = log_q.dims()[0] as f64;
-            out[0] =
-                v(p).iter().zip(v(log_q)).map(|(&p, &lq)| if p > 0.0 { p * (p.ln() - lq) } else { 0.0 }).sum::<f64>()
-                    / rows;
+            out[0] = v(p)
+                .iter()
+                .zip(v(log_q))
+                .map(|(&p, &lq)| if p.re() > 0.0 { p * (p.ln() - lq) } else { zero })
+                .sum::<S>()
+                .sc(1.0 / rows);
         }
         Op::Sum { x } => match sum_geom(x, y) {
             None => out.copy_from_slice(v(x)),
@@ -689,10 +805,10 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
             let vx = v(x);
             for o in 0..g.outer {
                 for i in 0..g.inner {
-                    let n = (0..g.len).map(|k| vx[line(g, o, k, i)].powi(2)).sum::<f64>().sqrt();
+                    let n = (0..g.len).map(|k| vx[line(g, o, k, i)] * vx[line(g, o, k, i)]).sum::<S>().sqrt();
                     for k in 0..g.len {
                         let j = line(g, o, k, i);
-                        out[j] = vx[j] / n.max(*eps as f64);
+                        out[j] = vx[j] / if n.re() > *eps as f64 { n } else { S::cst(*eps as f64) };
                     }
                 }
             }
@@ -705,9 +821,10 @@ fn forward(op: &Op, y: &Tensor, vals: &HashMap<TensorId, Vec<f64>>) -> Result<Ve
 
 /// Gradients of each input of `op` (in `op.inputs()` order; None where none is needed) given
 /// the upstream gradient `dy` of its output `y`.
-fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>) -> Result<Vec<Option<Vec<f64>>>> {
-    let v = |t: &Tensor| -> &[f64] { &vals[&t.id()] };
-    let zeros = |t: &Tensor| vec![0.0; t.numel()];
+fn backward<S: Real>(op: &Op, y: &Tensor, dy: &[S], vals: &HashMap<TensorId, Vec<S>>) -> Result<Vec<Option<Vec<S>>>> {
+    let v = |t: &Tensor| -> &[S] { &vals[&t.id()] };
+    let zero = S::cst(0.0);
+    let zeros = |t: &Tensor| vec![zero; t.numel()];
     let wanted = |t: &Tensor| t.requires_grad();
     Ok(match op {
         Op::Unary { op, x } => {
@@ -770,8 +887,8 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
             vec![ga.then_some(da), gb.then_some(db)]
         }
         Op::Conv2d { x, w, g } => {
-            let dx = wanted(x).then(|| conv_backward_data(dy, v(w), g));
-            let dw = wanted(w).then(|| conv_backward_weight(v(x), dy, g));
+            let dx = wanted(x).then(|| S::bilinear(dy, v(w), |dy, w| conv_backward_data(dy, w, g)));
+            let dw = wanted(w).then(|| S::bilinear(v(x), dy, |x, dy| conv_backward_weight(x, dy, g)));
             vec![dx, dw]
         }
         Op::Pool2d { kind, x, g } => {
@@ -785,7 +902,7 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
                 }
                 PoolKind::Avg { .. } => {
                     if divisor > 0.0 {
-                        window.iter().for_each(|&i| dx[i] += dy[o] / divisor);
+                        window.iter().for_each(|&i| dx[i] += dy[o].sc(1.0 / divisor));
                     }
                 }
             });
@@ -793,33 +910,33 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
         }
         Op::AdaptiveAvgPool2d { x, g } => {
             let mut dx = zeros(x);
-            resize_visit(g, None, |o, i, wt| dx[i] += wt * dy[o]);
+            resize_visit(g, None, |o, i, wt| dx[i] += dy[o].sc(wt));
             vec![Some(dx)]
         }
         Op::Interpolate { mode, x, g } => {
             let mut dx = zeros(x);
-            resize_visit(g, Some(*mode), |o, i, wt| dx[i] += wt * dy[o]);
+            resize_visit(g, Some(*mode), |o, i, wt| dx[i] += dy[o].sc(wt));
             vec![Some(dx)]
         }
         Op::BatchNormTrain { x, gamma, relu: false, g, .. } => {
             norm_backward(v(x), dy, v(gamma), g, true).map(Some).into()
         }
         Op::BatchNormTrain { x, gamma, relu: true, g, .. } => {
-            let masked: Vec<f64> = dy.iter().zip(v(y)).map(|(&d, &o)| if o > 0.0 { d } else { 0.0 }).collect();
+            let masked: Vec<S> = dy.iter().zip(v(y)).map(|(&d, &o)| if o.re() > 0.0 { d } else { zero }).collect();
             norm_backward(v(x), &masked, v(gamma), g, true).map(Some).into()
         }
         Op::LayerNorm { x, gamma, g, .. } => norm_backward(v(x), dy, v(gamma), g, false).map(Some).into(),
         Op::Softmax { g, log, .. } => {
             let vy = v(y);
-            let mut dx = vec![0.0; dy.len()];
+            let mut dx = vec![zero; dy.len()];
             for o in 0..g.outer {
                 for i in 0..g.inner {
                     let idx = || (0..g.len).map(|k| line(*g, o, k, i));
                     if *log {
-                        let s: f64 = idx().map(|j| dy[j]).sum();
+                        let s: S = idx().map(|j| dy[j]).sum();
                         idx().for_each(|j| dx[j] = dy[j] - vy[j].exp() * s);
                     } else {
-                        let s: f64 = idx().map(|j| dy[j] * vy[j]).sum();
+                        let s: S = idx().map(|j| dy[j] * vy[j]).sum();
                         idx().for_each(|j| dx[j] = vy[j] * (dy[j] - s));
                     }
                 }
@@ -830,17 +947,21 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
             let (rows, classes) = (logits.dims()[0], logits.dims()[1]);
             let mut d = softmax_lines(v(logits), DimGeom { outer: rows, len: classes, inner: 1 }, false);
             for r in 0..rows {
-                d[r * classes + labels[r] as usize] -= 1.0;
+                d[r * classes + labels[r] as usize] += S::cst(-1.0);
             }
-            let s = dy[0] / rows as f64;
-            d.iter_mut().for_each(|x| *x *= s);
+            let s = dy[0].sc(1.0 / rows as f64);
+            d.iter_mut().for_each(|x| *x = *x * s);
             vec![Some(d)]
         }
         Op::KlDiv { log_q, p } => {
-            let s = dy[0] / log_q.dims()[0] as f64;
+            let s = dy[0].sc(1.0 / log_q.dims()[0] as f64);
             let (vq, vp) = (v(log_q), v(p));
             let dq = vp.iter().map(|&p| -p * s).collect();
-            let dp = vp.iter().zip(vq).map(|(&p, &lq)| if p > 0.0 { (p.ln() + 1.0 - lq) * s } else { 0.0 }).collect();
+            let dp = vp
+                .iter()
+                .zip(vq)
+                .map(|(&p, &lq)| if p.re() > 0.0 { (p.ln() + S::cst(1.0) - lq) * s } else { zero })
+                .collect();
             vec![Some(dq), Some(dp)]
         }
         Op::Sum { x } => match sum_geom(x, y) {
@@ -877,12 +998,12 @@ fn backward(op: &Op, y: &Tensor, dy: &[f64], vals: &HashMap<TensorId, Vec<f64>>)
             for o in 0..g.outer {
                 for i in 0..g.inner {
                     let idx = || (0..g.len).map(|k| line(g, o, k, i));
-                    let n = idx().map(|j| vx[j] * vx[j]).sum::<f64>().sqrt();
-                    if n > eps {
-                        let dot: f64 = idx().map(|j| vx[j] * dy[j]).sum();
+                    let n = idx().map(|j| vx[j] * vx[j]).sum::<S>().sqrt();
+                    if n.re() > eps {
+                        let dot: S = idx().map(|j| vx[j] * dy[j]).sum();
                         idx().for_each(|j| dx[j] = (dy[j] - vx[j] * dot / (n * n)) / n);
                     } else {
-                        idx().for_each(|j| dx[j] = dy[j] / eps);
+                        idx().for_each(|j| dx[j] = dy[j].sc(1.0 / eps));
                     }
                 }
             }

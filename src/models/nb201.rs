@@ -366,6 +366,9 @@ impl ReluConvBn {
 
 impl Module for ReluConvBn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // NASWOT hooks modules by type name ("ReLU" in it), so the reference's `ReLUConvBN` is
+        // hooked as well as its inner `nn.ReLU`: the same input counted twice.
+        crate::tensor::taps::record(crate::tensor::taps::TapKind::ReluModule, x);
         self.op.forward(x)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
@@ -561,7 +564,7 @@ impl Network for Nb201Network {
             }
         }
         let pre = self.lastact.layers()[0].forward(&h)?;
-        let out = pre.relu()?;
+        let out = self.lastact.layers()[1].forward(&pre)?;
         let mut preact_stages = stages.clone();
         preact_stages.push(pre);
         stages.push(out);

@@ -6,7 +6,7 @@
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
 use crate::nn::init::{constant_, kaiming_normal_, normal_};
-use crate::nn::{BatchNorm, BatchNorm2d, Conv2d, Conv2dConfig, FanMode, Init, Linear, Module};
+use crate::nn::{BatchNorm, BatchNorm2d, Conv2d, Conv2dConfig, FanMode, FusedRelu, Init, Linear, Module};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Device, Result};
@@ -71,7 +71,8 @@ impl<B: PreactBlock> StagedNet<B> {
 
 impl<B: PreactBlock> Network for StagedNet<B> {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
+        // ResNetV2's and the ShuffleNets' stems end in `F.relu`.
+        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, FusedRelu::Functional)?;
         let (stages, preact_stages) = staged_features(f0, &self.layers, |l, y| run_preact(&l.0, y, B::forward_preact))?;
         let final_map = stages.len() - 1;
         let pooled = stages[final_map].adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;

@@ -5,7 +5,7 @@
 
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
-use crate::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Init, Linear, Module, Sequential};
+use crate::nn::{BatchNorm2d, Conv2d, Conv2dConfig, FusedRelu, Init, Linear, Module, Sequential};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{invalid_err, Device, Result};
@@ -47,11 +47,13 @@ impl BasicBlock {
 impl BasicBlock {
     /// bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x), followed by the final relu when `relu`.
     fn tail(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
+        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, FusedRelu::Module)?;
         let residual = match &self.downsample {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
+        // The block's final ReLU is RepDistiller's `F.relu`.
+        let relu = if relu { FusedRelu::Functional } else { FusedRelu::No };
         self.bn2.forward_fused(&self.conv2.forward(&out)?, Some(&residual), relu)
     }
 
@@ -171,7 +173,7 @@ fn stage_preact(stage: &Sequential, x: &Tensor) -> Result<(Tensor, Tensor)> {
 
 impl Network for CifarResNet {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
+        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, FusedRelu::Module)?;
         let (f1, p1) = stage_preact(&self.layer1, &f0)?;
         let (f2, p2) = stage_preact(&self.layer2, &f1)?;
         let (f3, p3) = stage_preact(&self.layer3, &f2)?;

@@ -14,7 +14,7 @@
 
 use crate::models::parts::{conv, named, named_mut, Blocks, PreactBlock, StagedNet};
 use crate::module_boilerplate;
-use crate::nn::{BatchNorm2d, Conv2d, Init, Linear, Module, Sequential};
+use crate::nn::{BatchNorm2d, Conv2d, FusedRelu, Init, Linear, Module, Sequential};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{invalid_err, Device, Result};
@@ -57,13 +57,13 @@ impl Bottleneck {
 impl PreactBlock for Bottleneck {
     /// The block's output and the residual sum before the final ReLU (`preact`).
     fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
-        let out = self.bn2.forward_fused(&self.conv2.forward(&out)?, None, true)?;
+        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, FusedRelu::Functional)?;
+        let out = self.bn2.forward_fused(&self.conv2.forward(&out)?, None, FusedRelu::Functional)?;
         let shortcut = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        let pre = self.bn3.forward_fused(&self.conv3.forward(&out)?, Some(&shortcut), false)?;
+        let pre = self.bn3.forward_fused(&self.conv3.forward(&out)?, Some(&shortcut), FusedRelu::No)?;
         Ok((pre.relu()?, pre))
     }
 }

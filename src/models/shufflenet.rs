@@ -16,7 +16,7 @@ use crate::models::parts::{
 };
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
-use crate::nn::{BatchNorm2d, Conv2d, Linear, Module};
+use crate::nn::{BatchNorm2d, Conv2d, FusedRelu, Linear, Module};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{invalid_err, Device, Result};
@@ -61,8 +61,11 @@ impl ShuffleV1Block {
 impl PreactBlock for ShuffleV1Block {
     /// The block's output and its pre-activation (`preact`).
     fn forward_preact(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let out = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?.channel_shuffle(self.shuffle_groups)?;
-        let out = self.bn2.forward_fused(&self.conv2.forward(&out)?, None, true)?;
+        let out = self
+            .bn1
+            .forward_fused(&self.conv1.forward(x)?, None, FusedRelu::Functional)?
+            .channel_shuffle(self.shuffle_groups)?;
+        let out = self.bn2.forward_fused(&self.conv2.forward(&out)?, None, FusedRelu::Functional)?;
         let out = self.bn3.forward(&self.conv3.forward(&out)?)?;
         let pre = if self.stride == 2 {
             // shortcut = AvgPool2d(3, stride=2, padding=1) (count_include_pad), concatenated.
@@ -167,7 +170,7 @@ impl ShuffleV2Block {
         let c = x.dims().get(1).copied().unwrap_or(0) / 2;
         let x1 = x.narrow(1, 0, c)?;
         let x2 = x.narrow(1, c, x.dims()[1] - c)?;
-        let out = self.bn1.forward_fused(&self.conv1.forward(&x2)?, None, true)?;
+        let out = self.bn1.forward_fused(&self.conv1.forward(&x2)?, None, FusedRelu::Functional)?;
         let out = self.bn2.forward(&self.conv2.forward(&out)?)?;
         let pre = self.bn3.forward(&self.conv3.forward(&out)?)?;
         let out = Tensor::concat(&[&x1, &pre.relu()?], 1)?.channel_shuffle(2)?;
@@ -332,9 +335,9 @@ impl ShuffleNetV2 {
 
 impl Network for ShuffleNetV2 {
     fn forward_features(&self, x: &Tensor) -> Result<Features> {
-        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, true)?;
+        let f0 = self.bn1.forward_fused(&self.conv1.forward(x)?, None, FusedRelu::Functional)?;
         let (stages, preact_stages) = staged_features(f0, &self.layers, ShuffleV2Stage::forward_preact)?;
-        let head = self.bn2.forward_fused(&self.conv2.forward(&stages[3])?, None, true)?;
+        let head = self.bn2.forward_fused(&self.conv2.forward(&stages[3])?, None, FusedRelu::Functional)?;
         // F.avg_pool2d(out, 4) over the 4x4 map: the global average.
         let pooled = head.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.linear.forward(&pooled)?;

@@ -18,7 +18,7 @@
 use crate::models::parts::{conv, named, named_mut, zero, Blocks};
 use crate::models::{Features, Network};
 use crate::module_boilerplate;
-use crate::nn::{BatchNorm2d, Conv2d, Init, Linear, Module};
+use crate::nn::{Activation, BatchNorm2d, Conv2d, FusedRelu, Init, Linear, Module};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{invalid_err, Device, Result};
@@ -49,8 +49,8 @@ impl WrnBlock {
     /// changes, the shortcut reads the activated input, otherwise the raw input.
     pub fn forward_bn(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let b = self.bn1.forward(x)?;
-        let a = b.relu()?;
-        let h = self.bn2.forward_fused(&self.conv1.forward(&a)?, None, true)?;
+        let a = Activation::Relu.forward(&b)?;
+        let h = self.bn2.forward_fused(&self.conv1.forward(&a)?, None, FusedRelu::Module)?;
         let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(&a)?,
@@ -167,7 +167,7 @@ impl Network for WideResNet {
         let (f3, f2_pre) = self.block3.forward_bn(&f2)?;
         let f3_pre = self.bn1.forward(&f3)?;
         // F.avg_pool2d(out, 8): the global average at 32x32.
-        let head = f3_pre.relu()?;
+        let head = Activation::Relu.forward(&f3_pre)?;
         let pooled = head.adaptive_avg_pool2d(1, 1)?.flatten_from(1)?;
         let logits = self.fc.forward(&pooled)?;
         Ok(Features {

@@ -118,7 +118,7 @@ impl Module for Conv2d {
         if let Some(b) = &self.bias {
             y = y.add(&b.reshape([1, self.out_channels, 1, 1])?)?;
         }
-        taps::record(TapKind::LayerOutput, &y);
+        taps::record(TapKind::LayerOutput { weight: self.weight.id() }, &y);
         Ok(y)
     }
     fn local_tensors(&self) -> Vec<LocalTensor> {
@@ -173,7 +173,7 @@ impl Module for Linear {
         if x.rank() == 1 {
             y = y.reshape([self.out_features])?;
         }
-        taps::record(TapKind::LayerOutput, &y);
+        taps::record(TapKind::LayerOutput { weight: self.weight.id() }, &y);
         Ok(y)
     }
     fn local_tensors(&self) -> Vec<LocalTensor> {
@@ -318,7 +318,18 @@ impl BatchNorm {
     /// no gradient recorded this is one pass over x (`Tensor::batch_norm_eval_fused`), the frozen
     /// teacher's case; in train mode without a residual, batchnorm and ReLU are one op
     /// (`Tensor::batch_norm_train_act`); otherwise the separate ops. Values are the same either way.
-    pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    /// `relu` says whether the reference model applies an `nn.ReLU` module there (which forward
+    /// hooks, so NASWOT, see) or `F.relu`.
+    pub fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>, relu: FusedRelu) -> Result<Tensor> {
+        let y = self.forward_fused_values(x, residual, relu != FusedRelu::No)?;
+        if relu == FusedRelu::Module {
+            // y > 0 exactly where the ReLU's input is, so the output gives the same codes.
+            taps::record(TapKind::ReluModule, &y);
+        }
+        Ok(y)
+    }
+
+    fn forward_fused_values(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         let bypass = BYPASS_BATCHNORM.with(|b| b.get());
         if !bypass && !self.training {
             self.check_input(x)?;
@@ -494,7 +505,19 @@ impl Module for AdaptiveAvgPool2d {
 
 // ====================================================================== stateless
 
-/// Elementwise activations as modules (`nn.ReLU()`, `nn.GELU()`, ...).
+/// The ReLU after a fused batchnorm: none, PyTorch's functional `F.relu`, or an `nn.ReLU` module.
+/// The values are the same; only a module is seen by forward hooks (NASWOT's ReLU codes), so
+/// each model says which one its reference code uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedRelu {
+    No,
+    Functional,
+    Module,
+}
+
+/// Elementwise activations as modules (`nn.ReLU()`, `nn.GELU()`, ...). The ReLU family is
+/// recorded by forward taps, as `nn.ReLU` modules are seen by forward hooks; `Tensor::relu` is
+/// `F.relu` and is not.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
     Identity,
@@ -509,6 +532,10 @@ pub enum Activation {
 
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // NASWOT hooks every module whose type name contains "ReLU" (ReLU, ReLU6, LeakyReLU).
+        if matches!(self, Activation::Relu | Activation::Relu6 | Activation::LeakyRelu(_)) {
+            taps::record(TapKind::ReluModule, x);
+        }
         let op = match *self {
             Activation::Identity => return Ok(x.clone()),
             Activation::Relu => UnaryOp::Relu,

@@ -10,6 +10,6 @@ pub use attention::MultiHeadSelfAttention;
 pub use init::{FanMode, Init};
 pub use layers::{
     Activation, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, BatchNorm2d, BatchNormBypass, Conv2d, Conv2dConfig, Flatten,
-    Lambda, LayerNorm, Linear, MaxPool2d, Sequential,
+    FusedRelu, Lambda, LayerNorm, Linear, MaxPool2d, Sequential,
 };
 pub use module::{eval, train, LoadReport, LocalTensor, Module, TensorKind};

@@ -79,7 +79,11 @@ impl KdProxy {
                 let (gs, gt) = stage_pairs(s, t);
                 distill::sum_pairs("nst", gs, gt, distill::nst)
             }
-            KdLoss::Sp => distill::sp(s.final_map(), t.final_map()),
+            KdLoss::Sp => {
+                // SP's row-normalised 1x1 similarity matrices are both 1 for one image.
+                super::require_pairs("sp", ctx)?;
+                distill::sp(s.final_map(), t.final_map())
+            }
             KdLoss::Rkd => distill::rkd(&s.pooled, &t.pooled, 25.0, 50.0),
             KdLoss::Pkt => distill::pkt(&s.pooled, &t.pooled),
             KdLoss::Cc => {

@@ -222,6 +222,20 @@ pub fn layer_weights(net: &dyn Module) -> Vec<(String, Tensor)> {
     out
 }
 
+/// For proxies that compare the images of the batch with each other: one image gives a constant,
+/// so the proxy says why it cannot score instead of returning it.
+pub(crate) fn require_pairs(proxy: &'static str, ctx: &ScoringContext) -> Result<()> {
+    let b = ctx.images.dims().first().copied().unwrap_or(0);
+    if b < 2 {
+        invalid_err!(
+            proxy,
+            "it compares the images of the batch with each other, so it needs a batch of at least 2 images \
+             (got {b}): use --batch 2 or more"
+        );
+    }
+    Ok(())
+}
+
 /// Mean cross-entropy of a forward pass on the context batch.
 pub(crate) fn batch_loss(net: &dyn Network, ctx: &ScoringContext) -> Result<Tensor> {
     net.forward(&ctx.images)?.cross_entropy(&ctx.labels)

@@ -3,13 +3,16 @@
 //! statistics), mean cross-entropy on the real batch, per-weight measures summed over every Conv2d
 //! and Linear weight. Each proxy's doc says what it reads and any choice made.
 
+use std::collections::HashMap;
+
 use super::{batch_loss, host_f64, layer_weights, linalg, NetFactory, Proxy, ProxyInfo, ProxyScore, ScoringContext};
+use crate::autograd::replay_f64::hessian_vector_f64;
 use crate::autograd::{no_grad, Grads};
 use crate::models::Network;
 use crate::nn::{BatchNorm, Init};
 use crate::tensor::macs::count_macs;
 use crate::tensor::taps::{tap, TapKind};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorId};
 use crate::{invalid_err, Result};
 
 /// Every baseline, in registry order.
@@ -39,8 +42,10 @@ fn weight_grads(net: &dyn Network, ctx: &ScoringContext) -> Result<Vec<(Tensor, 
     pair_grads(net, &grads)
 }
 
+/// A weight that does not reach the loss (a conv on a cell edge that leads nowhere) has a zero
+/// gradient, as PyTorch's `allow_unused` gradient reads in zero-cost-nas.
 fn pair_grads(net: &dyn Network, grads: &Grads) -> Result<Vec<(Tensor, Tensor)>> {
-    layer_weights(net).into_iter().map(|(_, w)| Ok((grads.of(&w)?.clone(), w))).collect()
+    layer_weights(net).into_iter().map(|(_, w)| Ok((grads.of_param_or_zeros(&w)?, w))).collect()
 }
 
 /// Σ over layers of f(weight values, gradient values).
@@ -92,47 +97,35 @@ impl Proxy for Plain {
     }
 }
 
-/// `grasp`: Σ −W ⊙ (H g) with g = ∂L/∂W (T = 1, one iteration). zero-cost-nas forms H g by
-/// double back-propagation; here it is the central difference of two gradients,
-/// H g ≈ (∇L(W + εg) − ∇L(W − εg)) / 2ε, with ε chosen so that the step εg is 10⁻³ of ‖W‖
-/// (small enough for the O(ε²) error, large enough for f32 gradients to resolve the difference).
+/// `grasp`: Σ −W ⊙ (H g) with g = ∂L/∂W (T = 1, one iteration), as zero-cost-nas computes it:
+/// g from a first backward, then H g = ∂(Σ g·∂L/∂W)/∂W by double back-propagation. Here both come
+/// from one f64 replay of the recorded graph in dual numbers (forward-over-reverse): the exact
+/// Hessian, as double backward computes it (ReLU masks locally constant, train-mode batchnorm
+/// differentiated through its batch statistics). H is symmetric, so Σ W·(H g) = Σ g·(H W): moving
+/// the weights along themselves gives g (the value part) and H W (the derivative part) at once.
+/// f64 because the sum cancels: on an all-3x3 NB201 cell PyTorch's own f32 result is 1.4% off
+/// its f64 one. A weight that does not reach the loss has g = 0 and H g = 0.
 pub struct Grasp;
 impl Proxy for Grasp {
     fn info(&self) -> ProxyInfo {
-        info("grasp", true, "Hessian-gradient product (finite difference of two gradients), real batch")
+        info("grasp", true, "Hessian-gradient product (exact, f64 double backward), real batch")
     }
     fn score(&self, ctx: &ScoringContext, build: NetFactory) -> Result<ProxyScore> {
         let net = build()?;
-        let pairs = weight_grads(net.as_ref(), ctx)?;
-        let w0: Vec<Vec<f32>> = pairs.iter().map(|(_, w)| w.to_vec()).collect::<Result<_>>()?;
-        let g: Vec<Vec<f32>> = pairs.iter().map(|(g, _)| g.to_vec()).collect::<Result<_>>()?;
-        let norm = |v: &[Vec<f32>]| v.iter().flatten().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let (wn, gn) = (norm(&w0), norm(&g));
-        if gn == 0.0 || !gn.is_finite() {
-            return Ok(ProxyScore::scalar(if gn == 0.0 { 0.0 } else { f64::NAN }));
-        }
-        let eps = 1e-3 * wn.max(1e-12) / gn;
-        let grads_at = |sign: f64| -> Result<Vec<Vec<f64>>> {
-            for ((_, w), (w0, g)) in pairs.iter().zip(w0.iter().zip(&g)) {
-                let shifted: Vec<f32> =
-                    w0.iter().zip(g).map(|(w, g)| (*w as f64 + sign * eps * *g as f64) as f32).collect();
-                w.copy_from_slice(&shifted)?;
-            }
-            weight_grads(net.as_ref(), ctx)?.iter().map(|(g, _)| host_f64(g)).collect()
-        };
-        let (plus, minus) = (grads_at(1.0)?, grads_at(-1.0)?);
-        let mut total = 0.0;
-        for ((w0, p), m) in w0.iter().zip(&plus).zip(&minus) {
-            total +=
-                w0.iter().zip(p.iter().zip(m)).map(|(w, (p, m))| -(*w as f64) * (p - m) / (2.0 * eps)).sum::<f64>();
-        }
+        let loss = batch_loss(net.as_ref(), ctx)?;
+        let weights: Vec<Tensor> = layer_weights(net.as_ref()).into_iter().map(|(_, w)| w).collect();
+        let w: Vec<Vec<f64>> = weights.iter().map(host_f64).collect::<Result<_>>()?;
+        let r = hessian_vector_f64(&loss, &weights, &w)?;
+        let total: f64 =
+            r.grads.iter().zip(&r.hvp).map(|(g, hw)| -g.iter().zip(hw).map(|(g, h)| g * h).sum::<f64>()).sum();
         Ok(ProxyScore::scalar(total))
     }
 }
 
 /// `fisher`: for every Conv2d/Linear output a with gradient ∂L/∂a, the channel saliency
-/// Δ_c = ½·mean_n (Σ_hw a·∂L/∂a)²; zero-cost-nas broadcasts |Δ_c| to the c-th output channel's
-/// weights before summing, so each channel counts (weights of the layer / out channels) times.
+/// Δ_c = ½·mean_n (Σ_hw a·∂L/∂a)² over dim 1 of a; zero-cost-nas broadcasts each |Δ_c| to
+/// `weight.shape[1:]` before summing, so each counts (weights of the layer / out features) times.
+/// On a Linear applied to tokens [B, N, D] dim 1 is the token, as zero-cost-nas reads it.
 pub struct Fisher;
 impl Proxy for Fisher {
     fn info(&self) -> ProxyInfo {
@@ -141,25 +134,29 @@ impl Proxy for Fisher {
     fn score(&self, ctx: &ScoringContext, build: NetFactory) -> Result<ProxyScore> {
         let net = build()?;
         let (loss, taps) = tap(|| batch_loss(net.as_ref(), ctx));
-        let acts: Vec<Tensor> = taps.into_iter().filter(|(k, _)| *k == TapKind::LayerOutput).map(|(_, t)| t).collect();
-        let weights = layer_weights(net.as_ref());
-        if acts.len() != weights.len() {
-            invalid_err!(
-                "fisher",
-                "saw {} layer outputs for {} Conv2d/Linear layers (a layer ran twice?)",
-                acts.len(),
-                weights.len()
-            );
-        }
+        let (ids, acts): (Vec<TensorId>, Vec<Tensor>) = taps
+            .into_iter()
+            .filter_map(|(k, t)| match k {
+                TapKind::LayerOutput { weight } => Some((weight, t)),
+                TapKind::ReluModule => None,
+            })
+            .unzip();
+        // Weights per output feature of each layer, by the weight's identity (taps come in
+        // execution order, not module order).
+        let per_feature: HashMap<TensorId, f64> =
+            layer_weights(net.as_ref()).iter().map(|(_, w)| (w.id(), (w.numel() / w.dims()[0]) as f64)).collect();
         let grads = loss?.backward_retaining(&acts)?;
         let mut total = 0.0;
-        for (a, (_, w)) in acts.iter().zip(&weights) {
+        for (a, id) in acts.iter().zip(&ids) {
+            let Some(&per_channel_weights) = per_feature.get(id) else {
+                invalid_err!("fisher", "a Conv2d/Linear output came from a layer outside the network's modules");
+            };
+            // No gradient: the layer does not reach the loss (zero in PyTorch).
             let Some(g) = grads.get(a) else { continue };
             let d = a.dims();
             let (n, c) = (d[0], d[1]);
             let hw: usize = d[2..].iter().product();
             let (av, gv) = (host_f64(a)?, host_f64(g)?);
-            let per_channel_weights = (w.numel() / c) as f64;
             for ch in 0..c {
                 let mut sq = 0.0;
                 for i in 0..n {
@@ -182,6 +179,8 @@ impl Proxy for JacobCov {
         info("jacob_cov", true, "input Jacobian correlations, real batch")
     }
     fn score(&self, ctx: &ScoringContext, build: NetFactory) -> Result<ProxyScore> {
+        // One Jacobian row has a 1x1 correlation matrix of 1: the same score for every network.
+        super::require_pairs("jacob_cov", ctx)?;
         let net = build()?;
         let x = ctx.images.deep_clone().requires_grad_();
         let grads = net.forward(&x)?.sum_all()?.backward()?;
@@ -198,21 +197,31 @@ impl Proxy for JacobCov {
     }
 }
 
-/// `nwot` (NASWOT): for every ReLU input, binary codes c = 1[x > 0] per sample;
-/// K = Σ (c cᵀ + (1−c)(1−c)ᵀ); score log|det K|.
+/// `nwot` (NASWOT, Mellor et al. 2021, `score_networks.py`): a forward hook on every module
+/// whose type name contains "ReLU" reads its input x and codes c = 1[x > 0] per sample;
+/// K = Σ_hooks (c cᵀ + (1−c)(1−c)ᵀ); score log|det K|. The hooks are kdscout's ReLU-family
+/// modules, the fused batchnorm+ReLU where the reference has an `nn.ReLU` (never `F.relu`,
+/// which PyTorch hooks cannot see), and NB201's `ReLUConvBN` (its name contains "ReLU", so
+/// NASWOT hooks it besides its inner ReLU: the same input counted twice, as in the reference). NASWOT counts only hooks its backward pass visited; in the
+/// zoo every ReLU module feeds the logits (at worst through a `none` op's zero), so that is all
+/// of them. The network is in train mode, as NASWOT scores a freshly built one.
 pub struct Nwot;
 impl Proxy for Nwot {
     fn info(&self) -> ProxyInfo {
-        info("nwot", false, "ReLU activation patterns, real batch")
+        info("nwot", false, "ReLU-module activation patterns, real batch")
     }
     fn score(&self, ctx: &ScoringContext, build: NetFactory) -> Result<ProxyScore> {
+        // One image: K = [number of units], the same for any weights.
+        super::require_pairs("nwot", ctx)?;
         let net = build()?;
         let _g = no_grad();
         let (out, taps) = tap(|| net.forward(&ctx.images));
         out?;
         let b = ctx.images.dims()[0];
         let mut k = vec![0.0f64; b * b];
-        for (_, t) in taps.iter().filter(|(k, _)| *k == TapKind::ReluInput) {
+        let mut hooked = 0;
+        for (_, t) in taps.iter().filter(|(k, _)| *k == TapKind::ReluModule) {
+            hooked += 1;
             let units = t.numel() / b;
             let v = t.to_vec()?;
             let codes: Vec<f32> = v.iter().map(|x| if *x > 0.0 { 1.0 } else { 0.0 }).collect();
@@ -228,7 +237,14 @@ impl Proxy for Nwot {
                 }
             }
         }
-        Ok(ProxyScore::scalar(linalg::slogdet(&k, b).1))
+        if hooked == 0 {
+            invalid_err!(
+                "nwot",
+                "the network has no ReLU module for NASWOT's hooks (its activations are GELU or F.relu), so K = 0 \
+                 and log|det K| = -inf: score it with another proxy"
+            );
+        }
+        Ok(ProxyScore { value: linalg::slogdet(&k, b).1, terms: vec![("relu_modules".into(), hooked as f64)] })
     }
 }
 

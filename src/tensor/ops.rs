@@ -36,8 +36,8 @@ impl Tensor {
         let s = self.backend().unary(op, &self.storage())?;
         Ok(Tensor::from_op(s, self.shape().clone(), Op::Unary { op, x: self.clone() }))
     }
+    /// `F.relu`: not seen by forward taps (`nn::Activation::Relu` is the module, which is).
     pub fn relu(&self) -> Result<Tensor> {
-        super::taps::record(super::taps::TapKind::ReluInput, self);
         self.unary(UnaryOp::Relu)
     }
     pub fn relu6(&self) -> Result<Tensor> {

@@ -1,18 +1,22 @@
-//! Forward taps: while a tap is open on this thread, ReLU inputs and Conv2d/Linear outputs are
-//! recorded as they are computed. Zero-cost proxies read them the way zero-cost-nas reads its
+//! Forward taps: while a tap is open on this thread, the ReLU modules' codes and Conv2d/Linear
+//! outputs are recorded as they are computed. Zero-cost proxies read them the way zero-cost-nas reads its
 //! forward hooks (NASWOT's ReLU codes, Fisher's layer activations), without touching model code.
 
 use std::cell::RefCell;
 
-use super::Tensor;
+use super::{Tensor, TensorId};
 
 /// What a recorded tensor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TapKind {
-    /// The input of a ReLU.
-    ReluInput,
-    /// The output of a Conv2d or Linear layer (after its bias).
-    LayerOutput,
+    /// What an `nn.ReLU`-family module (PyTorch's forward hook sees exactly these; `F.relu` is
+    /// not one) saw: its input, or its output where the ReLU is fused into batchnorm. Either is
+    /// positive exactly where the input is, which is all NASWOT's codes read.
+    ReluModule,
+    /// The output of a Conv2d or Linear layer (after its bias), with the layer's weight: taps
+    /// come in execution order, which need not be the order of the modules (a ResNet block runs
+    /// its shortcut conv before conv2).
+    LayerOutput { weight: TensorId },
 }
 
 thread_local! {
