@@ -163,3 +163,20 @@ fn search_resume(dir: &Path) {
     let c = kdscout::search::config::parse_file(&dir.join("config.resolved.toml")).unwrap();
     run::run(&c, dir, &RunOptions { resume: true, max_steps: None, progress: Progress::Quiet }).unwrap();
 }
+
+#[test]
+fn merge_into_a_directory_another_process_writes_is_refused() {
+    let t = TempDir::new("merge-lock");
+    let (a, b) = (t.join("s0"), t.join("s1"));
+    search(&cfg(0, 2), &a, None);
+    search(&cfg(1, 2), &b, None);
+    let out = t.join("merged");
+    // This process holds the output directory, as a running command would.
+    let held = kdscout::run_lock::RunLock::acquire(&out).unwrap();
+    let e = err(merge_shards(&[a.clone(), b.clone()], &out, false));
+    assert!(e.contains("in use") && e.contains(&std::process::id().to_string()), "{e}");
+    assert!(!out.join("results.jsonl").exists());
+    drop(held);
+    let (records, report) = merge_shards(&[a, b], &out, false).unwrap();
+    assert_eq!((records.len(), report.complete), (64, true));
+}

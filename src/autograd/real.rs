@@ -217,10 +217,12 @@ impl Real for Dual {
 mod tests {
     use super::*;
 
+    type Rule = (&'static str, fn(Dual) -> Dual);
+
     /// Each rule's derivative against a central difference of its value.
     #[test]
     fn dual_rules_match_central_differences() {
-        let fs: [(&str, fn(Dual) -> Dual); 9] = [
+        let fs: [Rule; 9] = [
             ("exp", |x| x.exp()),
             ("ln", |x| x.ln()),
             ("ln_1p", |x| x.ln_1p()),

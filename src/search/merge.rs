@@ -20,6 +20,7 @@ use super::config::{differences, parse_file, SearchConfig};
 use super::run::{finish_outputs, parse_results, write_atomic, SearchRecord, CONFIG_FILE, RESULTS_FILE, STATE_FILE};
 use super::space::space_by_id;
 use crate::error::io_err as io;
+use crate::run_lock::RunLock;
 use crate::{Error, Result};
 
 pub const MERGE_FILE: &str = "merge.json";
@@ -209,9 +210,6 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Resu
     if inputs.is_empty() {
         return Err(Error::invalid("merge", "give the run directories of the shards to merge"));
     }
-    if out.join(RESULTS_FILE).exists() {
-        return Err(Error::invalid("merge", format!("{} already holds results; choose another --out", out.display())));
-    }
     let mut inputs: Vec<Input> = inputs.iter().map(|d| read_input(d)).collect::<Result<_>>()?;
     check_one_run(&inputs)?;
     // Shard order, not argument order: the merged records (and the winner among equal scores,
@@ -264,7 +262,11 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path, allow_partial: bool) -> Resu
         return Err(Error::invalid("merge", partial_reasons(&report)));
     }
 
-    fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
+    // One writer: the lock is taken (creating `out`) once the shards are known to merge.
+    let _lock = RunLock::acquire(out)?;
+    if out.join(RESULTS_FILE).exists() {
+        return Err(Error::invalid("merge", format!("{} already holds results; choose another --out", out.display())));
+    }
     let mut cfg = cfg0.clone();
     cfg.shard = Default::default();
     write_atomic(&out.join(CONFIG_FILE), &cfg.to_toml()?)?;
