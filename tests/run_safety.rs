@@ -700,3 +700,72 @@ fn a_teacher_with_overflowing_logits_cannot_score() {
     );
     assert!(err.contains("huge.safetensors") && err.contains("non-finite logits"), "{err}");
 }
+
+#[test]
+fn a_distillation_resumes_with_the_same_teacher_file_only() {
+    let t = TempDir::new("distill-hash");
+    let teacher = t.join("teacher.safetensors");
+    weights_file(&teacher, 1);
+    let out = t.join("d");
+    let args = |w: &Path, epochs: &str, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "distill",
+            "--teacher",
+            "resnet8",
+            "--student",
+            "resnet8",
+            "--data",
+            "synthetic",
+            "--batch",
+            "64",
+            "--epochs",
+            epochs,
+            "--teacher-weights",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend([w.display().to_string(), "--out".into(), out.display().to_string()]);
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    ok(&kdscout(&args(&teacher, "1", false)));
+    // The same file elsewhere: the run goes on.
+    let copy = t.join("moved-teacher.safetensors");
+    std::fs::copy(&teacher, &copy).unwrap();
+    ok(&kdscout(&args(&copy, "2", true)));
+    // Another file under the original path: refused, naming both hashes.
+    weights_file(&teacher, 2);
+    let err = failed(&kdscout(&args(&teacher, "3", true)), 1);
+    assert!(err.contains("is not the teacher file") && err.contains("SHA-256"), "{err}");
+}
+
+#[test]
+fn score_prints_its_settings_and_whole_names() {
+    let a = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|";
+    let b = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|";
+    let t = TempDir::new("score-table");
+    let cands = t.write("c.txt", format!("{a}\n{b}\n").as_bytes());
+    let o = kdscout(&[
+        "score",
+        "--candidates",
+        cands.to_str().unwrap(),
+        "--proxies",
+        "params,synflow",
+        "--data",
+        "synthetic",
+        "--batch",
+        "2",
+        "--seed",
+        "9",
+        "--out",
+        t.join("s").to_str().unwrap(),
+    ]);
+    let table = ok(&o);
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("batch 2") && header.contains("seed 9") && header.contains("init default"), "{header}");
+    // Two cells that differ only in their last op stay distinguishable.
+    assert!(table.contains(a) && table.contains(b), "{table}");
+}

@@ -100,3 +100,31 @@ fn repeats_are_the_mean_and_sample_std_of_single_runs() {
     // params does not (up to the rounding of the mean).
     assert!(many["scores"]["params"]["std"].as_f64().unwrap() < 1e-12);
 }
+
+#[test]
+fn correlate_puts_params_and_flops_beside_every_proxy() {
+    let dir = std::env::temp_dir().join(format!("kdscout-corr-baselines-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Records as `score` writes them: one proxy scored, size and cost in the record.
+    let rec = |arch: &str, s: f64, p: f64, f: f64| {
+        format!(
+            "{{\"arch\":\"{arch}\",\"params_m\":{p},\"flops_m\":{f},\"status\":\"ok\",\"scores\":{{\"synflow\":{{\"score\":{s},\"higher_is_better\":true,\"time_s\":0,\"status\":\"ok\"}}}}}}\n"
+        )
+    };
+    let scores = dir.join("r.jsonl");
+    let text = [rec("a", 1.0, 0.3, 5.0), rec("b", 2.0, 0.1, 7.0), rec("c", 3.0, 0.2, 6.0)].concat();
+    std::fs::write(&scores, text).unwrap();
+    let truth = dir.join("t.csv");
+    std::fs::write(&truth, "arch,acc\na,1\nb,2\nc,3\n").unwrap();
+    let o = kdscout(&["correlate", "--scores", scores.to_str().unwrap(), "--truth", truth.to_str().unwrap(), "--json"]);
+    let rows = json_lines(&o);
+    let rho = |name: &str| {
+        rows.iter().find(|r| r["proxy"] == name).unwrap_or_else(|| panic!("no {name} row"))["spearman"].as_f64()
+    };
+    // By hand: synflow ranks 1,2,3 = truth; params ranks 3,1,2 (rho -0.5); flops ranks 1,3,2 (rho 0.5).
+    assert_eq!(rho("synflow"), Some(1.0));
+    assert_eq!(rho("params"), Some(-0.5));
+    assert_eq!(rho("flops"), Some(0.5));
+    let _ = std::fs::remove_dir_all(&dir);
+}

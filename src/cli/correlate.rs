@@ -155,13 +155,20 @@ pub fn read_scores(path: &Path, duplicates: Duplicates) -> Result<Scores> {
         let Some(scores) = v["scores"].as_object() else {
             return Err(data_err(path, i + 1, "record has no \"scores\" object"));
         };
-        let signed: Vec<(String, f64)> = scores
+        let mut signed: Vec<(String, f64)> = scores
             .iter()
             .filter_map(|(proxy, o)| {
                 let sign = if o["higher_is_better"].as_bool() == Some(false) { -1.0 } else { 1.0 };
                 o["score"].as_f64().map(|s| (proxy.clone(), sign * s))
             })
             .collect();
+        // The honest baselines beside every proxy: the record's own size and cost (millions),
+        // unless the run scored them as proxies already.
+        for (baseline, field) in [("params", "params_m"), ("flops", "flops_m")] {
+            if let (false, Some(v)) = (scores.contains_key(baseline), v[field].as_f64()) {
+                signed.push((baseline.to_string(), v));
+            }
+        }
         let Some((first, kept)) = chosen.get_mut(arch) else {
             chosen.insert(arch.to_string(), (i + 1, signed));
             archs.push(arch.to_string());
