@@ -128,3 +128,50 @@ fn correlate_puts_params_and_flops_beside_every_proxy() {
     assert_eq!(rho("flops"), Some(0.5));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_ensemble_sums_the_log_ranks_of_its_members() {
+    let dir = std::env::temp_dir().join(format!("kdscout-corr-ensemble-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // grasp is lower-is-better in this made-up record set; d has no grasp score (nonfinite).
+    let rec = |arch: &str, syn: f64, grasp: Option<f64>| {
+        let g = grasp.map_or("null".to_string(), |v| v.to_string());
+        format!(
+            "{{\"arch\":\"{arch}\",\"scores\":{{\"synflow\":{{\"score\":{syn},\"higher_is_better\":true}},\"grasp\":{{\"score\":{g},\"higher_is_better\":false}}}}}}\n"
+        )
+    };
+    let scores = dir.join("r.jsonl");
+    let text = [rec("a", 10.0, Some(3.0)), rec("b", 30.0, Some(1.0)), rec("c", 20.0, Some(2.0)), rec("d", 5.0, None)];
+    std::fs::write(&scores, text.concat()).unwrap();
+    let truth = dir.join("t.csv");
+    std::fs::write(&truth, "arch,acc\na,1\nb,3\nc,2\nd,0\n").unwrap();
+    let o = kdscout(&[
+        "correlate",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--json",
+        "--ensemble",
+        "synflow+grasp",
+    ]);
+    let rows = json_lines(&o);
+    let ens = rows.iter().find(|r| r["proxy"] == "ensemble:synflow+grasp").expect("ensemble row");
+    // Over a, b, c: synflow ranks 1,3,2; grasp (negated) ranks 1,3,2; sums 2ln(1/3), 0, 2ln(2/3):
+    // the ensemble orders a < c < b, as the truth does.
+    assert_eq!(ens["n"], 3);
+    assert_eq!(ens["spearman"].as_f64(), Some(1.0));
+    let e = kdscout(&[
+        "correlate",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--ensemble",
+        "synflow+zico",
+    ]);
+    assert_eq!(e.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("'zico' has no scores"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::error::io_err;
 use crate::error::{Error, Result};
+use crate::invalid_err;
 use crate::proxy::rank;
 
 #[derive(Args, Debug, Clone)]
@@ -41,6 +42,48 @@ pub struct CorrelateArgs {
     /// the first or the last record (said on stderr).
     #[arg(long, value_enum, default_value_t = Duplicates::Error)]
     pub duplicates: Duplicates,
+    /// A rank-aggregated ensemble of proxies of the scores file, e.g. `synflow+nwot+params`
+    /// (repeatable): each candidate scored by every member gets Σ ln(rank/n) over the members,
+    /// ranks ascending among those candidates (ties averaged), as AZ-NAS aggregates its
+    /// components; reported as the proxy `ensemble:synflow+nwot+params`.
+    #[arg(long, value_name = "A+B+...")]
+    pub ensemble: Vec<String>,
+}
+
+/// Adds the rank-aggregated ensemble `spec` (`a+b+c`, or `ensemble:a+b+c`) to `scores` as the
+/// proxy `ensemble:a+b+c`; returns its name.
+pub fn add_ensemble(scores: &mut Scores, spec: &str) -> Result<String> {
+    let members: Vec<&str> = spec.strip_prefix("ensemble:").unwrap_or(spec).split('+').map(str::trim).collect();
+    let name = format!("ensemble:{}", members.join("+"));
+    if members.len() < 2 || members.iter().any(|m| m.is_empty()) {
+        invalid_err!(
+            "--ensemble",
+            "'{spec}' is not an ensemble: name two or more proxies joined by +, e.g. synflow+nwot+params"
+        );
+    }
+    let mut columns = Vec::new();
+    for m in &members {
+        let Some(by_arch) = scores.by_proxy.get(*m) else {
+            let known: Vec<&str> = scores.by_proxy.keys().map(String::as_str).collect();
+            invalid_err!("--ensemble", "'{m}' has no scores in the file; it holds {}", known.join(", "));
+        };
+        columns.push(by_arch);
+    }
+    let archs: Vec<&String> = scores.archs.iter().filter(|a| columns.iter().all(|c| c.contains_key(*a))).collect();
+    if archs.is_empty() {
+        invalid_err!("--ensemble", "no candidate has a score of every member of {name}");
+    }
+    let n = archs.len() as f64;
+    let mut total = vec![0.0f64; archs.len()];
+    for c in &columns {
+        let values: Vec<f64> = archs.iter().map(|a| c[*a]).collect();
+        for (t, r) in total.iter_mut().zip(rank::average_ranks(&values)) {
+            *t += (r / n).ln();
+        }
+    }
+    let column = archs.into_iter().cloned().zip(total).collect();
+    scores.by_proxy.insert(name.clone(), column);
+    Ok(name)
 }
 
 /// What to do with an architecture that has several records in the scores file.
@@ -313,7 +356,10 @@ fn cell(v: f64, decimals: usize) -> String {
 
 pub fn run(args: &CorrelateArgs) -> Result<()> {
     let truth = read_truth(&args.truth, &args.key, &args.column)?;
-    let scores = read_scores(&args.scores, args.duplicates)?;
+    let mut scores = read_scores(&args.scores, args.duplicates)?;
+    for spec in &args.ensemble {
+        add_ensemble(&mut scores, spec)?;
+    }
     // The first few, then a count (a file appended to itself would list every architecture).
     let flag = if args.duplicates == Duplicates::First { "first" } else { "last" };
     for u in scores.used.iter().take(SHOWN) {
