@@ -593,3 +593,38 @@ fn diswot_cam_matches_the_paper_formulas_in_f64() {
     close(got.terms[1].1, -relation, 1e-4, "cam relation");
     close(got.value, -(semantic + relation), 1e-4, "diswot_cam");
 }
+
+/// ZiCo on softmax regression: the gradient of each half of the batch in closed form (f64), then
+/// ln Σ mean|g| / std(g) over the two halves, by hand.
+#[test]
+fn zico_matches_f64_gradients_of_the_two_halves() {
+    let build = linear_factory(3);
+    let ctx = context(5, [B, 3, 2, 2], K as u32);
+    let net = build().unwrap();
+    let (w, bias, x) =
+        (f64s(&net.classifier().weight), f64s(net.classifier().bias.as_ref().unwrap()), f64s(&ctx.images));
+    let grad = |rows: std::ops::Range<usize>| -> Vec<f64> {
+        let n = rows.len() as f64;
+        let mut g = vec![0.0; K * D];
+        for r in rows {
+            let z: Vec<f64> =
+                (0..K).map(|k| bias[k] + (0..D).map(|d| w[k * D + d] * x[r * D + d]).sum::<f64>()).collect();
+            let m = z.iter().cloned().fold(f64::MIN, f64::max);
+            let e: f64 = z.iter().map(|v| (v - m).exp()).sum();
+            for k in 0..K {
+                let err = (z[k] - m).exp() / e - if ctx.labels[r] as usize == k { 1.0 } else { 0.0 };
+                for d in 0..D {
+                    g[k * D + d] += err * x[r * D + d] / n;
+                }
+            }
+        }
+        g
+    };
+    let (g1, g2) = (grad(0..B / 2), grad(B / 2..B));
+    let sum: f64 = g1.iter().zip(&g2).map(|(a, b)| (a.abs() + b.abs()) / (a - b).abs()).sum();
+    close(score("zico", &ctx, &build), sum.ln(), 1e-4, "zico");
+
+    let one = context(5, [1, 3, 2, 2], K as u32);
+    let err = proxy::by_name("zico").unwrap().score(&one, &build).unwrap_err().to_string();
+    assert!(err.contains("at least 2 images"), "{err}");
+}

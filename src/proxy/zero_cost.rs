@@ -29,6 +29,7 @@ pub fn all() -> Vec<Box<dyn Proxy>> {
         Box::new(L2Norm),
         Box::new(Params),
         Box::new(Flops),
+        Box::new(Zico),
     ]
 }
 
@@ -332,5 +333,52 @@ impl Proxy for Flops {
         let (out, macs) = count_macs(|| net.forward(&x));
         out?;
         Ok(ProxyScore::scalar(macs as f64 / 1e6))
+    }
+}
+
+/// `zico` (ZiCo, ICLR 2023): Σ over Conv2d/Linear layers of ln Σ_w mean|∂L/∂w| / std(∂L/∂w), the
+/// mean and (population) std taken over batches, weights whose std is 0 left out, a layer whose sum
+/// is 0 skipped — as the released `caculate_zico`. The batches are the two halves of the scoring
+/// batch, each with its own mean cross-entropy and its own backward. The paper's definition is
+/// followed where the released `getzico` differs: it never zeroes gradients between batches, so
+/// its second "batch gradient" is the sum of the first two.
+pub struct Zico;
+impl Proxy for Zico {
+    fn info(&self) -> ProxyInfo {
+        info("zico", true, "per-layer mean/std of gradients over the two halves of the batch")
+    }
+    fn score(&self, ctx: &ScoringContext, build: NetFactory) -> Result<ProxyScore> {
+        let b = ctx.labels.len();
+        if b < 2 {
+            invalid_err!("zico", "needs a batch of at least 2 images (it compares the gradients of its two halves): use --batch 2 or more");
+        }
+        let net = build()?;
+        let half = b / 2;
+        let mut per_half = Vec::with_capacity(2);
+        for (start, len) in [(0, half), (half, b - half)] {
+            let part = ScoringContext {
+                images: ctx.images.narrow(0, start, len)?,
+                labels: ctx.labels[start..start + len].to_vec(),
+                teacher: None,
+                seed: ctx.seed,
+            };
+            let grads = weight_grads(net.as_ref(), &part)?;
+            per_half.push(grads.iter().map(|(g, _)| host_f64(g)).collect::<Result<Vec<_>>>()?);
+        }
+        let mut total = 0.0;
+        for (g1, g2) in per_half[0].iter().zip(&per_half[1]) {
+            let sum: f64 = g1
+                .iter()
+                .zip(g2)
+                .filter_map(|(a, b)| {
+                    let std = (a - b).abs() / 2.0;
+                    (std != 0.0).then(|| (a.abs() + b.abs()) / 2.0 / std)
+                })
+                .sum();
+            if sum != 0.0 {
+                total += sum.ln();
+            }
+        }
+        Ok(ProxyScore::scalar(total))
     }
 }
