@@ -769,3 +769,28 @@ fn score_prints_its_settings_and_whole_names() {
     // Two cells that differ only in their last op stay distinguishable.
     assert!(table.contains(a) && table.contains(b), "{table}");
 }
+
+#[test]
+fn a_score_run_that_scored_nothing_does_not_block_its_directory() {
+    let t = TempDir::new("score-empty");
+    let out = t.join("s");
+    let run = |batch: &str| {
+        kdscout(&[
+            "score",
+            "--student",
+            "resnet8",
+            "--proxies",
+            "params",
+            "--data",
+            "synthetic",
+            "--batch",
+            batch,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let err = failed(&run("100000"), 1);
+    assert!(err.contains("--batch"), "{err}");
+    ok(&run("2"));
+    assert_eq!(std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().count(), 1);
+}

@@ -381,7 +381,10 @@ fn open_run(dir: &Path, cfg: &ResolvedConfig) -> Result<(HashSet<String>, (std::
             )
         })?;
         let diff = crate::config::differences(&stored, cfg, NOT_COMPARED)?;
-        if !diff.is_empty() {
+        // A run that scored nothing (it failed before its first record) holds no scores to mix.
+        let scored = results_path.is_file()
+            && !crate::search::run::read_results_as::<CandidateRecord>(&results_path)?.is_empty();
+        if !diff.is_empty() && scored {
             invalid_err!(
                 "--out",
                 "{} holds scores made with other settings ({}); their results.jsonl is not appended to: \
