@@ -275,10 +275,6 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
         ));
     }
     let stored = if opts.resume { Some(super::config::parse_file(&config_path)?) } else { None };
-    if stored.as_ref() != Some(cfg) {
-        // A new run, or a resumed one whose --evaluations was raised (the only change allowed).
-        write_atomic(&config_path, &cfg.to_toml()?)?;
-    }
 
     let all = read_results(&results_path)?;
     let mut state = if state_path.exists() {
@@ -300,6 +296,11 @@ pub fn run(cfg: &SearchConfig, out: &Path, opts: &RunOptions) -> Result<RunSumma
             }
             state.finished = None;
         }
+    }
+    if stored.as_ref() != Some(cfg) {
+        // A new run, or a resumed one whose --evaluations was raised or whose teacher file moved
+        // (the only changes allowed), once the change is known to be accepted.
+        write_atomic(&config_path, &cfg.to_toml()?)?;
     }
     let committed = state.evaluations as usize;
     if all.len() < committed {
